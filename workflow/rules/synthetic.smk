@@ -1,0 +1,19 @@
+# Synthetic 3D+t series with exact ground truth, generated from a recipe (layout `synthetic`).
+
+
+rule synthesize:
+    input:
+        recipe=lambda wc: str(dataset_of(wc).path),
+    output:
+        directory("results/{dataset}/synthetic"),
+    log:
+        "logs/synthesize/{dataset}.log",
+    benchmark:
+        "benchmarks/synthesize/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV_IMAGING
+    script:
+        "../scripts/synthesize.py"
