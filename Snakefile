@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.19")
@@ -21,10 +22,16 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKFLOW_DIR), os.environ.get("PYTHONPATH")]))
 
 
+from celltrails.config import config_problems
+
+
 configfile: REPO / "config" / "config.yaml"
 
 
-validate(config, WORKFLOW_DIR / "schemas" / "config.schema.yaml")
+CONFIG_SCHEMA = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
+if problems := config_problems(config, CONFIG_SCHEMA):
+    raise WorkflowError("invalid configuration (see workflow/schemas/config.schema.yaml):\n  " + "\n  ".join(problems))
+validate(config, CONFIG_SCHEMA)  # fills in the defaults
 
 
 include: "workflow/rules/common.smk"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
@@ -93,7 +94,10 @@ def convert_to_ome_zarr(
     with atomic_path(out_path) as tmp:
         target = create_image_store(tmp, shape, source.dtype, voxel, interval, names, chunks=chunks,
                                     name=source.dataset)
-        with _StoreProgress(progress), dask.config.set(scheduler="threads", num_workers=max(threads, 1)):
+        # Our own pool: leaving the `with` waits for every running task, so after a failed frame
+        # no thread is still writing chunks while the temporary store is being removed.
+        with ThreadPoolExecutor(max(threads, 1)) as pool, _StoreProgress(progress), \
+                dask.config.set(scheduler="threads", pool=pool):
             da.store(series, target, lock=False)
     log.info("dataset '%s': wrote %s (%.1f MB uncompressed)", source.dataset, out_path,
              np.prod(shape) * np.dtype(source.dtype).itemsize / 1e6)

@@ -252,7 +252,9 @@ def open_ome_zarr(path: str | Path, dataset: str) -> FrameSource:
 
     def read_frame(t: int) -> np.ndarray:
         index = tuple(t if i == t_axis else slice(None) for i in range(data.ndim))
-        frame = _to_czyx(np.asarray(data[index]), frame_axes, dataset, path)
+        # Synchronous: this already runs inside a dask task, and a nested compute on the same
+        # thread pool would wait for itself.
+        frame = _to_czyx(data[index].compute(scheduler="synchronous"), frame_axes, dataset, path)
         return check_frame(frame, frame_shape, dataset, f"{path} (frame {t})")
 
     return FrameSource(dataset, path, data.shape[t_axis], frame_shape, np.dtype(data.dtype), read_frame,
