@@ -1,0 +1,172 @@
+"""CTC export validity and traccuracy scoring (hand-made truth; SIM+ when the CTC data is there)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
+from celltrails.ctc_export import render_frame, write_ctc
+from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges, write_metrics
+from celltrails.lineage import assemble_tracks
+from celltrails.linking import LinkParams, link_frames
+from ctc_metrics import validate_sequence
+from detections_factory import (
+    CTC_ROOT,
+    Track,
+    Truth,
+    ctc_detections,
+    make_detections,
+    truth_tracks,
+    write_clipped_gt,
+    write_gt_folder,
+)
+from test_linking import division_truth
+
+SHAPE = (1, 200, 200)
+N_FRAMES = 10
+
+
+def family_truth() -> Truth:
+    """A division, a gap-closed cell (track 6 continues track 5 after a missing frame), a bystander."""
+    truth = division_truth()
+    truth.tracks.append(Track(5, [(t, 120.0, 40.0 + t, 7.0) for t in range(4)]))
+    truth.tracks.append(Track(6, [(t, 120.0, 40.0 + t, 7.0) for t in range(5, 10)], parent=5))
+    return truth
+
+
+def family() -> tuple[pd.DataFrame, pd.DataFrame]:
+    truth = family_truth()
+    det = make_detections(truth)
+    return det, truth_tracks(det, {t.label: t.parent for t in truth.tracks})
+
+
+def points_of(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Ground-truth points table (t, z, y, x, cell_id, parent_id) of a tracks table."""
+    parent = {c: p for p, c in track_edges(tracks)}
+    return tracks.assign(parent_id=tracks["cell_id"].map(lambda c: parent.get(c, -1)))[
+        ["t", "z", "y", "x", "cell_id", "parent_id"]]
+
+
+def assert_valid_ctc(folder) -> None:
+    assert validate_sequence(str(folder), threads=1) == {"Valid": 1}
+    assert check_track_consistency(read_track_table(folder / "res_track.txt"),
+                                   labels_per_frame(folder, prefix="mask")) == []
+
+
+def test_linked_result_is_valid_ctc(tmp_path):
+    det, _ = family()
+    params = LinkParams()
+    tracks = assemble_tracks(det, link_frames(det, 0, N_FRAMES - 1, params), params)
+    labels = write_ctc(tracks, tmp_path / "RES", SHAPE, N_FRAMES)
+    assert labels == {k: k for k in tracks["track_id"].unique()}
+    assert sorted(p.name for p in (tmp_path / "RES").iterdir())[:2] == ["mask000.tif", "mask001.tif"]
+    assert_valid_ctc(tmp_path / "RES")
+
+
+def test_anisotropic_3d_result_is_valid_and_matches_truth(tmp_path):
+    det, truth = family()
+    z = 4.0 + 0.2 * det["t"] + (det["label"] % 3)      # slices of 3 um; cells at different depths
+    det, truth = det.assign(z=z), truth.assign(z=truth["cell_id"].map(z))
+    params = LinkParams(voxel_size=(3.0, 1.0, 1.0))
+    tracks = assemble_tracks(det, link_frames(det, 0, N_FRAMES - 1, params), params)
+    write_ctc(tracks, tmp_path / "RES", (12, 200, 200), N_FRAMES, voxel_size=(3.0, 1.0, 1.0))
+    assert_valid_ctc(tmp_path / "RES")
+    scores = evaluate_points(points_of(truth), tracks, threshold=3.0, scale=(3.0, 1.0, 1.0))
+    assert scores["TRA"] == scores["division_f1"] == 1.0
+
+
+def test_overlapping_and_coinciding_cells_keep_their_labels():
+    cells = pd.DataFrame({"track_id": [1, 2, 3, 4], "z": 0.0, "y": [20.0, 22.0, 40.0, 40.2],
+                          "x": [20.0, 21.0, 40.0, 40.1], "radius": [10.0, 2.0, 5.0, 0.1]})
+    image = render_frame(cells, {k: k for k in range(1, 5)}, (1, 64, 64))
+    assert set(np.unique(image)) == {0, 1, 2, 3, 4}
+    assert image[0, 22, 21] == 2 and image[0, 20, 20] == 1
+    assert (image == 1).sum() > (image == 2).sum() > 0
+
+
+def test_ellipsoids_follow_anisotropy():
+    cells = pd.DataFrame({"track_id": [1], "z": [5.0], "y": [16.0], "x": [16.0], "radius": [4.0]})
+    image = render_frame(cells, {1: 1}, (11, 32, 32), voxel_size=(2.0, 1.0, 1.0))
+    z_extent = np.flatnonzero((image == 1).any(axis=(1, 2)))
+    assert z_extent.tolist() == [3, 4, 5, 6, 7]         # 4 px / (2 um per slice) = 2 slices each way
+    assert (image[5] == 1).sum() == 49                   # lattice points with x^2 + y^2 <= 16
+
+
+def test_large_track_ids_are_remapped(tmp_path):
+    tracks = pd.DataFrame({"t": [0, 1, 2, 2], "cell_id": [0, 1, 2, 3],
+                           "track_id": [70000, 70000, 70001, 90000],
+                           "parent_track_id": [-1, -1, 70000, 70000], "z": 0.0, "y": [10.0, 10, 5, 15],
+                           "x": 10.0, "radius": 2.0})
+    labels = write_ctc(tracks, tmp_path / "RES", (1, 32, 32), 3)
+    assert labels == {70000: 1, 70001: 2, 90000: 3}
+    table = read_track_table(tmp_path / "RES" / "res_track.txt")
+    assert table.values.tolist() == [[1, 0, 1, 0], [2, 2, 2, 1], [3, 2, 2, 1]]
+    assert_valid_ctc(tmp_path / "RES")
+
+
+def test_gap_inside_a_track_is_rejected(tmp_path):
+    tracks = pd.DataFrame({"t": [0, 2], "cell_id": [0, 1], "track_id": [1, 1], "parent_track_id": -1,
+                           "z": 0.0, "y": 10.0, "x": 10.0, "radius": 2.0})
+    with pytest.raises(ValueError, match="gaps"):
+        write_ctc(tracks, tmp_path / "RES", (1, 32, 32), 3)
+    assert not (tmp_path / "RES").exists()
+
+
+def perturbed(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Cut the mother's track at t = 2 and orphan the daughters (a missed link and a missed division)."""
+    out = tracks.copy()
+    out.loc[(out["track_id"] == 1) & (out["t"] >= 2), "track_id"] = 99
+    out.loc[out["parent_track_id"] == 1, "parent_track_id"] = -1
+    return out
+
+
+def test_evaluate_ctc_truth_against_itself_and_perturbed(tmp_path):
+    _, truth = family()
+    gt = write_gt_folder(truth, tmp_path / "GT" / "TRA", SHAPE, N_FRAMES)
+    write_ctc(truth, tmp_path / "same", SHAPE, N_FRAMES)
+    perfect = evaluate_ctc(gt, tmp_path / "same")
+    assert perfect["TRA"] == perfect["DET"] == perfect["LNK"] == perfect["division_f1"] == 1.0
+    assert perfect["gt_divisions"] == perfect["tp_divisions"] == 1
+    assert perfect["fn_edges"] == perfect["fp_edges"] == perfect["fp_nodes"] == 0
+    write_ctc(perturbed(truth), tmp_path / "worse", SHAPE, N_FRAMES)
+    worse = evaluate_ctc(gt, tmp_path / "worse")
+    assert worse["TRA"] < 1.0 and worse["LNK"] < 1.0 and worse["fn_edges"] >= 3
+    # no predicted division: precision is 0/0, so traccuracy's F1 is NaN -> None with a note
+    assert worse["division_f1"] is None and worse["fn_divisions"] == 1 and worse["tp_divisions"] == 0
+    assert any("1 ground-truth and 0 predicted" in n for n in worse["notes"])
+
+
+def test_evaluate_points_truth_against_itself_and_perturbed():
+    _, truth = family()
+    perfect = evaluate_points(points_of(truth), truth, threshold=3.0)
+    assert perfect["TRA"] == perfect["LNK"] == perfect["division_f1"] == 1.0
+    worse = evaluate_points(points_of(truth), perturbed(truth), threshold=3.0)
+    assert worse["TRA"] < 1.0 and worse["fn_divisions"] == 1
+    shifted = evaluate_points(points_of(truth), truth.assign(x=truth["x"] + 5.0), threshold=3.0)
+    assert shifted["DET"] == 0.0
+
+
+def test_undefined_division_f1_is_null_with_a_note(tmp_path):
+    _, truth = family()
+    no_divisions = truth[~truth["track_id"].isin([2, 3])]
+    metrics = evaluate_points(points_of(no_divisions), no_divisions, threshold=3.0)
+    assert metrics["division_f1"] is None and any("division_f1" in n for n in metrics["notes"])
+    write_metrics(metrics, tmp_path / "tracking.json")
+    assert json.loads((tmp_path / "tracking.json").read_text())["division_f1"] is None
+
+
+@pytest.mark.ctc
+def test_sim_plus_linking_scores_high(tmp_path):
+    if not (CTC_ROOT / "Fluo-N2DH-SIM+" / "01_GT" / "TRA").is_dir():
+        pytest.skip(f"CTC data not found: {CTC_ROOT} (expected ../shared/data/ctc next to the repo)")
+    n_frames = 30
+    det, _, shape, tra = ctc_detections("Fluo-N2DH-SIM+", "01", n_frames=n_frames, seed=0)
+    params = LinkParams()
+    tracks = assemble_tracks(det, link_frames(det, 0, n_frames - 1, params), params)
+    write_ctc(tracks, tmp_path / "RES", shape, n_frames)
+    assert_valid_ctc(tmp_path / "RES")
+    metrics = evaluate_ctc(write_clipped_gt(tra, tmp_path / "GT", n_frames), tmp_path / "RES")
+    assert metrics["TRA"] > 0.98, metrics

@@ -1,0 +1,110 @@
+"""Frame-pair linking on hand-made detections with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from celltrails.linking import LinkParams, link_frames, link_pair, solve_assignment
+from detections_factory import Track, Truth, make_detections
+
+
+def chosen_pairs(edges: pd.DataFrame, detections: pd.DataFrame) -> set[tuple[int, int, int]]:
+    """Chosen edges as (t, truth label of source, truth label of target)."""
+    taken = edges[edges["chosen"]]
+    label = detections["label"]
+    return set(zip(taken["t"], label.loc[taken["source"]], label.loc[taken["target"]]))
+
+
+def swap_truth() -> Truth:
+    """Two cells crossing each other: between t=1 and t=2 each moves 11 px past the other, so each
+    cell at t=2 is nearer to the *other* cell's previous position (9.8 px vs 11 px)."""
+    a = Track(1, [(t, 48.0, 29.0 + 11 * t, 8.0) for t in range(4)])
+    b = Track(2, [(t, 52.0, 71.0 - 11 * t, 8.0) for t in range(4)])
+    return Truth([a, b])
+
+
+def division_truth() -> Truth:
+    mother = Track(1, [(t, 50.0, 50.0 + t, 8.0) for t in range(5)])
+    d1 = Track(2, [(t, 43.0 - (t - 5), 55.0 + (t - 5), 6.0) for t in range(5, 9)], parent=1)
+    d2 = Track(3, [(t, 57.0 + (t - 5), 55.0 + (t - 5), 6.0) for t in range(5, 9)], parent=1)
+    bystander = Track(4, [(t, 150.0, 150.0 - t, 9.0) for t in range(9)])
+    return Truth([mother, d1, d2, bystander])
+
+
+def test_swap_needs_embeddings():
+    det = make_detections(swap_truth())
+    ours = chosen_pairs(link_frames(det, 0, 3, LinkParams()), det)
+    assert ours == {(t, k, k) for t in range(3) for k in (1, 2)}
+    position_only = chosen_pairs(link_frames(det, 0, 3, LinkParams(embedding_weight=0.0)), det)
+    assert {(1, 1, 2), (1, 2, 1)} <= position_only, "position alone should be fooled by the crossing"
+
+
+def test_cosine_metric_also_resolves_swap():
+    det = make_detections(swap_truth())
+    edges = link_frames(det, 0, 3, LinkParams(embedding_metric="cosine"))
+    assert chosen_pairs(edges, det) == {(t, k, k) for t in range(3) for k in (1, 2)}
+
+
+def test_division_takes_two_successors():
+    det = make_detections(division_truth())
+    edges = link_frames(det, 0, 8)
+    pairs = chosen_pairs(edges, det)
+    assert {(4, 1, 2), (4, 1, 3)} <= pairs
+    assert all(s == d or (s, d) in {(1, 2), (1, 3)} for _, s, d in pairs)
+    division = edges[(edges["t"] == 4) & edges["chosen"]]
+    assert division["second_successor"].sum() == 1
+
+
+def test_low_division_probability_prevents_division():
+    det = make_detections(division_truth())
+    det["division_prob"] = 0.01
+    pairs = chosen_pairs(link_frames(det, 0, 8), det)
+    assert len([p for p in pairs if p[0] == 4 and p[1] == 1]) == 1
+
+
+def test_blocks_concatenate_to_whole():
+    det = make_detections(division_truth())
+    whole = link_frames(det, 0, 8)
+    blocks = pd.concat([link_frames(det, 0, 3), link_frames(det, 3, 8)], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, blocks)
+
+
+def test_pair_output_and_gating():
+    det = make_detections(division_truth())
+    frames = dict(tuple(det.groupby("t")))
+    edges = link_pair(frames[0], frames[1], LinkParams())
+    assert list(edges.columns) == ["t", "source", "target", "distance", "embedding_distance", "cost",
+                                   "division_cost", "chosen", "second_successor"]
+    # the bystander is 140 px away: never a candidate for the mother (search radius 3 * 8 px)
+    assert set(zip(det.loc[edges["source"], "label"], det.loc[edges["target"], "label"])) == {(1, 1), (4, 4)}
+    assert link_pair(frames[0], frames[1].iloc[:0], LinkParams()).empty
+
+
+def test_anisotropy_scales_z():
+    base = {"score": 1.0, "radius": 4.0, "division_prob": 0.05}
+    det = pd.DataFrame([{"t": 0, "z": 10.0, "y": 20.0, "x": 20.0, **base},
+                        {"t": 1, "z": 13.0, "y": 20.0, "x": 20.0, **base}])
+    near = link_frames(det, 0, 1, LinkParams(voxel_size=(1.0, 1.0, 1.0), min_search_radius=5))
+    far = link_frames(det, 0, 1, LinkParams(voxel_size=(5.0, 1.0, 1.0), min_search_radius=5))
+    assert near["chosen"].all() and near["distance"].iloc[0] == pytest.approx(3.0)
+    assert far.empty, "3 slices of 5 um are 15 px-equivalents, beyond the search radius"
+
+
+def test_sparse_and_dense_solvers_agree():
+    rng = np.random.default_rng(3)
+    n_rows, n_cols = 60, 70
+    pairs = {(int(r), int(c)) for r, c in zip(rng.integers(0, n_rows, 400), rng.integers(0, n_cols, 400))}
+    rows, cols = map(np.array, zip(*sorted(pairs)))
+    costs = rng.uniform(0, 3, len(rows))
+    row_skip, col_skip = rng.uniform(0.5, 2, n_rows), rng.uniform(0.5, 2, n_cols)
+    dense = solve_assignment(rows, cols, costs, row_skip, col_skip, dense_limit=10_000)
+    sparse = solve_assignment(rows, cols, costs, row_skip, col_skip, dense_limit=0)
+
+    def total(chosen: np.ndarray) -> float:
+        return (costs[chosen].sum() + row_skip[np.setdiff1d(np.arange(n_rows), rows[chosen])].sum()
+                + col_skip[np.setdiff1d(np.arange(n_cols), cols[chosen])].sum())
+
+    assert total(dense) == pytest.approx(total(sparse))
+    for chosen in (dense, sparse):
+        assert len(set(rows[chosen])) == chosen.sum() and len(set(cols[chosen])) == chosen.sum()

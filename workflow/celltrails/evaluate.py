@@ -1,0 +1,135 @@
+"""Tracking scores with traccuracy: CTC masks (CTCMatcher) or centre points (PointMatcher).
+
+Returns TRA, DET, LNK (CTC definitions), division F1 with a one-frame buffer, and the error counts
+behind them. Undefined scores (e.g. division F1 when neither side has a division) come back as None
+(null in JSON) with a note saying why, instead of NaN, which JSON cannot hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import traccuracy
+from traccuracy import TrackingGraph, run_metrics
+from traccuracy.loaders import load_ctc_data
+from traccuracy.matchers import CTCMatcher, PointMatcher
+from traccuracy.metrics import CTCMetrics, DivisionMetrics
+
+from celltrails.atomic import atomic_path
+
+POINT_COLUMNS = ("t", "z", "y", "x", "cell_id", "parent_id")
+_COUNTS = ("fp_nodes", "fn_nodes", "ns_nodes", "fp_edges", "fn_edges", "ws_edges")
+_DIVISION_COUNTS = {"tp_divisions": "True Positive Divisions", "fp_divisions": "False Positive Divisions",
+                    "fn_divisions": "False Negative Divisions", "gt_divisions": "Total GT Divisions",
+                    "pred_divisions": "Total Predicted Divisions"}
+
+
+def _summarise(results: list[dict], matcher: str) -> dict:
+    ctc = next(r["results"] for r in results if r["metric"]["name"] == "CTCMetrics")
+    div = next(r["results"] for r in results if r["metric"]["name"] == "DivisionMetrics")["Frame Buffer 1"]
+    out: dict = {"tool": f"traccuracy {traccuracy.__version__}", "matcher": matcher,
+                 "division_frame_buffer": 1, "notes": []}
+    for key in ("TRA", "DET", "LNK"):
+        out[key] = _finite(ctc[key], key, "no ground-truth cells or links", out["notes"])
+    out["division_f1"] = _finite(
+        div["Division F1"], "division_f1",
+        f"precision or recall is 0/0 ({div['Total GT Divisions']} ground-truth and "
+        f"{div['Total Predicted Divisions']} predicted divisions)", out["notes"])
+    out.update({k: int(ctc[k]) for k in _COUNTS})
+    out["AOGM"] = float(ctc["AOGM"])
+    out.update({k: int(div[v]) for k, v in _DIVISION_COUNTS.items()})
+    return out
+
+
+def _finite(value: float, name: str, reason: str, notes: list[str]) -> float | None:
+    if value is None or math.isnan(value):
+        notes.append(f"{name} is undefined (NaN in traccuracy), reported as null: {reason}")
+        return None
+    return float(value)
+
+
+def _metrics() -> list:
+    return [CTCMetrics(), DivisionMetrics(max_frame_buffer=1)]
+
+
+def evaluate_ctc(gt_tra_folder: str | Path, res_folder: str | Path) -> dict:
+    """Score a CTC result folder against a CTC ``TRA`` ground-truth folder (CTCMatcher)."""
+    gt_tra_folder, res_folder = Path(gt_tra_folder), Path(res_folder)
+    gt = load_ctc_data(str(gt_tra_folder), str(gt_tra_folder / "man_track.txt"), name="gt", run_checks=False)
+    pred = load_ctc_data(str(res_folder), str(res_folder / "res_track.txt"), name="pred")
+    results, _ = run_metrics(gt_data=gt, pred_data=pred, matcher=CTCMatcher(), metrics=_metrics())
+    return _summarise(results, "CTCMatcher")
+
+
+def _graph(nodes: pd.DataFrame, edges: list[tuple[int, int]], keys: tuple[str, ...],
+           scale: dict[str, float]) -> TrackingGraph:
+    # Built by hand: traccuracy 0.4.3's load_point_data turns float rows into float node ids and
+    # fails its own integer-id check. Locations are pre-scaled (physical units) rather than passing
+    # PointMatcher(scale_factor=...), which indexes the first node of every frame and so fails on a
+    # ground-truth frame without cells.
+    graph = nx.DiGraph()
+    for row in nodes.itertuples(index=False):
+        graph.add_node(int(row.node), t=int(row.t), **{k: float(getattr(row, k)) * scale[k] for k in keys})
+    graph.add_edges_from((int(a), int(b)) for a, b in edges)
+    return TrackingGraph(graph, frame_key="t", location_keys=keys)
+
+
+def gt_points_from_ctc(gt_tra_folder: str | Path) -> pd.DataFrame:
+    """Ground-truth points (``POINT_COLUMNS``) from a CTC TRA folder: marker centroids and parents."""
+    gt_tra_folder = Path(gt_tra_folder)
+    loaded = load_ctc_data(str(gt_tra_folder), str(gt_tra_folder / "man_track.txt"), run_checks=False)
+    graph = loaded.graph
+    parent = {b: a for a, b in graph.edges}
+    rows = [{"t": d["t"], "z": d.get("z", 0.0), "y": d["y"], "x": d["x"], "cell_id": n,
+             "parent_id": parent.get(n, -1)} for n, d in graph.nodes(data=True)]
+    return pd.DataFrame(rows, columns=list(POINT_COLUMNS)).sort_values(["t", "cell_id"], ignore_index=True)
+
+
+def evaluate_points(gt_points_or_tra: pd.DataFrame | str | Path, tracks: pd.DataFrame, threshold: float,
+                    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict:
+    """Score point tracks (tracks.parquet columns) against ground-truth points with PointMatcher.
+
+    ``gt_points_or_tra``: a table with ``POINT_COLUMNS`` (parent_id -1 = none; the predecessor in
+    the previous frame or the mother) or a CTC TRA folder. ``threshold`` is the largest matching
+    distance in the units of ``scale`` (voxel size z, y, x). 2D data (all z == 0) match on y, x.
+    """
+    gt = (gt_points_or_tra if isinstance(gt_points_or_tra, pd.DataFrame)
+          else gt_points_from_ctc(gt_points_or_tra))
+    missing = [c for c in POINT_COLUMNS if c not in gt.columns]
+    if missing:
+        raise ValueError(f"ground-truth points lack columns {missing}")
+    planar = np.allclose(gt["z"], 0) and np.allclose(tracks["z"], 0)
+    keys = ("y", "x") if planar else ("z", "y", "x")
+    factors = dict(zip(("z", "y", "x"), map(float, scale)))
+    gt_nodes = gt.rename(columns={"cell_id": "node"})
+    gt_edges = [(p, c) for p, c in zip(gt["parent_id"], gt["cell_id"]) if p >= 0]
+    pred_nodes = tracks.rename(columns={"cell_id": "node"})
+    results, _ = run_metrics(gt_data=_graph(gt_nodes, gt_edges, keys, factors),
+                             pred_data=_graph(pred_nodes, track_edges(tracks), keys, factors),
+                             matcher=PointMatcher(threshold=threshold), metrics=_metrics())
+    return _summarise(results, f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")
+
+
+def track_edges(tracks: pd.DataFrame) -> list[tuple[int, int]]:
+    """(cell_id, cell_id) links of a tracks table: consecutive cells of a track, and each
+    track's first cell from its parent track's last cell (division or gap closing)."""
+    ordered = tracks.sort_values(["track_id", "t"])
+    same = ordered["track_id"].to_numpy()
+    cells = ordered["cell_id"].to_numpy()
+    inner = list(zip(cells[:-1][same[:-1] == same[1:]].tolist(), cells[1:][same[:-1] == same[1:]].tolist()))
+    first = ordered.drop_duplicates("track_id", keep="first").set_index("track_id")
+    last = ordered.drop_duplicates("track_id", keep="last").set_index("track_id")["cell_id"]
+    children = first[first["parent_track_id"] >= 0]
+    parent_last = children["parent_track_id"].map(last)
+    return inner + [(int(p), int(c)) for p, c in zip(parent_last, children["cell_id"]) if not pd.isna(p)]
+
+
+def write_metrics(metrics: dict, path: str | Path) -> None:
+    """Write the metrics dict as JSON (strict: no NaN) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
