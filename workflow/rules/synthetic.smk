@@ -10,6 +10,7 @@ rule synthesize:
         "logs/synthesize/{dataset}.log",
     benchmark:
         "benchmarks/synthesize/{dataset}.tsv"
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,

@@ -6,4 +6,4 @@ from celltrails.synthetic import generate_series, load_params
 
 with script_logging(snakemake.log[0]) as log:
     params = load_params(snakemake.input.recipe)
-    generate_series(params, snakemake.output[0], logger=log)
+    generate_series(params, snakemake.output[0], logger=log, workers=snakemake.threads)
