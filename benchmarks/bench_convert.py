@@ -69,8 +69,16 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     megabytes = sum(p.stat().st_size for p in source.iterdir() if p.suffix == ".tif") / 1e6
     raw_mb = _raw_megabytes(source)
-    print(json.dumps({"seconds": seconds, "tiff_mb": megabytes, "raw_mb": raw_mb,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "tiff_mb": megabytes, "raw_mb": raw_mb, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Unlike ru_maxrss, which Linux carries over
+    across exec from the parent, VmHWM belongs to the new address space and measures only this run."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _raw_megabytes(source: Path) -> float:
