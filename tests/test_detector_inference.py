@@ -1,0 +1,298 @@
+"""Chunked detection with an oracle network whose centre map is a smoothed copy of frame t.
+
+The oracle follows the CellDetector output contract, and every output voxel depends only on the
+frames within two voxels of it (zero padding at tile edges), summed in a fixed order: with an
+overlap of at least twice (smoothing + peak neighbourhood), any tiling must give bit-identical
+detections, which is what these tests check, together with seams, padding, pairs and blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from celltrails.detector.infer import (
+    DETECTION_COLUMNS,
+    PeakSettings,
+    axis_tiles,
+    detect_series,
+    detect_with_checkpoint,
+    find_peaks,
+    merge_detection_blocks,
+    pick_device,
+    plan_tiles,
+    suppress_close,
+    write_detections,
+)
+from celltrails.ome_zarr_io import create_image_store
+
+GAIN = 10.0
+EMB = 4
+
+
+def _shift_sum(x: torch.Tensor, half: tuple[int, int, int]) -> torch.Tensor:
+    """Gaussian-weighted sum of shifted copies (zero outside), in a fixed order per voxel."""
+    hz, hy, hx = half
+    padded = F.pad(x, (hx, hx, hy, hy, hz, hz))
+    z, y, xx = x.shape[-3:]
+    total = torch.zeros_like(x)
+    weights = 0.0
+    for dz in range(-hz, hz + 1):
+        for dy in range(-hy, hy + 1):
+            for dx in range(-hx, hx + 1):
+                w = float(np.exp(-(dz * dz + dy * dy + dx * dx) / 2.0))
+                weights += w
+                total = total + w * padded[..., hz + dz:hz + dz + z, hy + dy:hy + dy + y, hx + dx:hx + dx + xx]
+    return total / weights
+
+
+class Oracle(torch.nn.Module):
+    """Contract-following stand-in: centre = smoothed frame t, division ch0 = what vanishes by t+1,
+    ch1 = what appears at t+1, embedding = (smoothed t, smoothed t+1, t, t+1)."""
+
+    size_multiple = 8
+
+    def __init__(self, z_multiple: int = 1, smooth_z: int = 0):
+        super().__init__()
+        self.z_multiple = z_multiple
+        self.half = (smooth_z, 2, 2)
+        self.identical_pairs = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert x.shape[1] == 2 and x.shape[-1] % 8 == 0 and x.shape[-2] % 8 == 0
+        assert x.shape[-3] % self.z_multiple == 0
+        x0, x1 = x[:, :1], x[:, 1:]
+        self.identical_pairs += int(torch.equal(x0, x1))
+        s0, s1 = _shift_sum(x0, self.half), _shift_sum(x1, self.half)
+        gone, new = _shift_sum(x0 - x1, self.half), _shift_sum(x1 - x0, self.half)
+        return {"center": GAIN * (s0 - 0.25), "foreground": s0, "radius": 3.0 + s0,
+                "division": torch.cat([GAIN * (gone - 0.25), GAIN * (new - 0.25)], dim=1),
+                "embedding": torch.cat([s0, s1, x0, x1], dim=1)}
+
+
+def blob_frame(shape: tuple[int, int, int], centres: list[tuple[int, int, int]], rng: np.random.Generator,
+               sigma: tuple[float, float, float] = (1.0, 2.0, 2.0)) -> np.ndarray:
+    """uint16 (z, y, x): noise around 100 plus Gaussian blobs of height 1000 centred on voxels."""
+    grid = np.indices(shape).astype(float)
+    frame = 100.0 + rng.integers(0, 20, size=shape)
+    for centre in centres:
+        d2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grid, centre, sigma))
+        frame += 1000.0 * np.exp(-d2 / 2)
+    return frame.astype(np.uint16)
+
+
+def write_series(path: Path, frames: list[np.ndarray], voxel_size=(1.0, 1.0, 1.0)) -> Path:
+    """A 2-channel store: channel 1 the blob frames, channel 0 the same mirrored in x."""
+    shape = (len(frames), 2, *frames[0].shape)
+    array = create_image_store(path, shape, np.uint16, voxel_size, 1.0, ("mirrored", "nuclei"))
+    for t, frame in enumerate(frames):
+        array[t] = np.stack([frame[..., ::-1], frame])
+    return path
+
+
+SETTINGS = {"channel": 1, "normalization": {"low": 1.0, "high": 99.8}}
+
+
+def run(path: Path, model: torch.nn.Module, t_start: int = 0, t_stop: int | None = None, **options) -> pd.DataFrame:
+    options = {"tile": (64, 64, 64), "overlap": (0, 0, 0), "min_distance": 4.0, "batch_size": 2} | options
+    return detect_series(path, model, SETTINGS, t_start=t_start, t_stop=t_stop, **options)
+
+
+def positions(table: pd.DataFrame) -> set[tuple[int, ...]]:
+    return set(map(tuple, table[["t", "z", "y", "x"]].astype(int).to_numpy()))
+
+
+# --- tiling -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [(64, 32, 8, 8), (100, 30, 10, 8), (12, 6, 4, 4),
+                                                          (50, 64, 8, 8), (1, 64, 0, 1), (37, 16, 6, 1)])
+def test_axis_tiles_cover_the_axis_once(length, tile, overlap, multiple):
+    starts, size, valid, owned = axis_tiles(length, tile, overlap, multiple)
+    assert size % multiple == 0 and valid == min(size, length)
+    assert owned[0][0] == 0 and owned[-1][1] == length
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(owned)), "cores must partition the axis"
+    for start, (lo, hi) in zip(starts, owned):
+        assert start <= lo < hi <= start + valid
+    if len(starts) > 1:  # every core keeps half the overlap away from internal tile edges
+        assert all(lo - s >= overlap // 2 for s, (lo, _) in zip(starts[1:], owned[1:]))
+        assert all(s + valid - hi >= overlap // 2 for s, (_, hi) in zip(starts[:-1], owned[:-1]))
+
+
+def test_each_peak_is_kept_only_by_the_tile_that_owns_it():
+    grid = plan_tiles((1, 64, 64), (1, 32, 32), (0, 8, 8), (1, 8, 8))  # starts 0, 16, 32; seams 24, 40
+    center = torch.full((1, 1, 64, 64), -5.0)
+    center[0, 0, 24, 40] = 5.0  # inside four tiles, owned by the one starting at (16, 32)
+    coords = torch.from_numpy(np.indices((1, 64, 64)).astype(np.float32))
+    maps = {"center": center, "radius": center, "division": torch.cat([center, center]), "embedding": coords}
+    out = {key: torch.stack([value[:, :, y:y + 32, x:x + 32] for _, y, x in grid.starts])
+           for key, value in maps.items()}
+    peaks = find_peaks(out, grid, range(len(grid)), PeakSettings.make(0.5, 4.0, (1.0, 1.0, 1.0), is_3d=False))
+    assert peaks.position.tolist() == [[0, 24, 40]]
+    assert peaks.embedding.tolist() == [[0.0, 24.0, 40.0]], "values must be read at the peak voxel"
+
+
+# --- 2D and 3D detection ----------------------------------------------------------------------------------
+
+SEAM = (0, 24, 40)  # with 32-px tiles overlapping by 16 on 64 px, the core seams are at 24 and 40
+CENTRES_2D = [SEAM, (0, 10, 12), (0, 50, 20), (0, 33, 52)]
+
+
+@pytest.fixture(scope="module")
+def series_2d(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    frames = [blob_frame((1, 64, 64), CENTRES_2D, rng) for _ in range(3)]
+    return write_series(tmp_path_factory.mktemp("img2d") / "image.ome.zarr", frames)
+
+
+def test_seam_blob_detected_once_whatever_the_tiling(series_2d):
+    single = run(series_2d, Oracle())
+    assert list(single.columns) == [*DETECTION_COLUMNS, *(f"emb_{k}" for k in range(EMB))]
+    assert positions(single) == {(t, *c) for t in range(3) for c in CENTRES_2D}
+    for tile, overlap, batch in [((1, 32, 32), (0, 8, 8), 1), ((1, 24, 24), (0, 8, 8), 3),
+                                 ((1, 40, 16), (0, 12, 8), 4)]:
+        tiled = run(series_2d, Oracle(), tile=tile, overlap=overlap, batch_size=batch)
+        pd.testing.assert_frame_equal(tiled, single, check_exact=True)
+
+
+def test_channel_argument_overrides_the_checkpoint_channel(series_2d):
+    mirrored = run(series_2d, Oracle(), channel=0)
+    assert positions(mirrored) == {(t, z, y, 63 - x) for t in range(3) for z, y, x in CENTRES_2D}
+
+
+def test_odd_frame_is_padded_to_the_model_multiple(tmp_path):
+    rng = np.random.default_rng(2)
+    centres = [(0, 10, 10), (0, 40, 36)]
+    path = write_series(tmp_path / "odd.ome.zarr", [blob_frame((1, 50, 45), centres, rng) for _ in range(2)])
+    found = run(path, Oracle(), tile=(1, 64, 64))  # one tile per frame, padded to 56 x 48
+    assert positions(found) == {(t, *c) for t in range(2) for c in centres}
+
+
+CENTRES_3D = [(4, 12, 12), (6, 24, 20), (7, 30, 33)]  # (6, 24, 20) lies on the z and y seams
+
+
+@pytest.mark.parametrize("z_multiple", [1, 4])
+def test_anisotropic_3d_tiling_matches_single_tile(tmp_path, z_multiple):
+    rng = np.random.default_rng(3)
+    frames = [blob_frame((12, 40, 40), CENTRES_3D, rng, sigma=(0.7, 2.0, 2.0)) for _ in range(2)]
+    path = write_series(tmp_path / "img3d.ome.zarr", frames, voxel_size=(3.0, 1.0, 1.0))
+    single = run(path, Oracle(z_multiple, smooth_z=1), tile=(16, 40, 40))
+    assert positions(single) == {(t, *c) for t in range(2) for c in CENTRES_3D}
+    tiled = run(path, Oracle(z_multiple, smooth_z=1), tile=(6, 24, 24), overlap=(4, 8, 8))
+    pd.testing.assert_frame_equal(tiled, single, check_exact=True)
+
+
+def test_close_peaks_keep_the_higher_score_with_z_scaled():
+    table = pd.DataFrame({"t": 0, "z": [0.0, 0.0, 1.0, 0.0], "y": [10.0, 10.0, 10.0, 30.0],
+                          "x": [10.0, 13.0, 10.0, 30.0], "score": [0.8, 0.9, 0.95, 0.6]})
+    kept = suppress_close(table, 4.0, voxel_size=(5.0, 1.0, 1.0))
+    # (0,10,13) beats (0,10,10) at 3 px; (1,10,10) is 5 px away in z and (0,30,30) far from all.
+    assert sorted(kept.index) == [1, 2, 3]
+    assert len(suppress_close(table, 4.0, voxel_size=(1.0, 1.0, 1.0))) == 2
+
+
+# --- frame pairs, division readout, blocks -------------------------------------------------------------
+
+STAY, VANISH, APPEAR = (0, 16, 16), (0, 16, 44), (0, 44, 30)
+
+
+@pytest.fixture(scope="module")
+def division_series(tmp_path_factory) -> Path:
+    """5 frames: STAY always, VANISH in frames 0-1 (a mother at t=1), APPEAR from frame 2 (born)."""
+    rng = np.random.default_rng(4)
+    frames = [blob_frame((1, 64, 64), [STAY, *([VANISH] if t < 2 else []), *([APPEAR] if t >= 2 else [])], rng)
+              for t in range(5)]
+    return write_series(tmp_path_factory.mktemp("div") / "image.ome.zarr", frames)
+
+
+def division_at(table: pd.DataFrame, t: int, centre: tuple[int, int, int]) -> float:
+    row = table[(table.t == t) & (table.z == centre[0]) & (table.y == centre[1]) & (table.x == centre[2])]
+    assert len(row) == 1, f"expected one detection at t={t} {centre}"
+    return float(row["division_prob"].iloc[0])
+
+
+def test_division_prob_combines_mother_and_previous_daughter_maps(division_series):
+    found = run(division_series, Oracle())
+    assert division_at(found, 1, VANISH) > 0.9  # ch0 of pass (1, 2)
+    assert division_at(found, 2, APPEAR) > 0.9  # ch1 of pass (1, 2), read at frame 2
+    assert division_at(found, 0, VANISH) < 0.2 and division_at(found, 3, APPEAR) < 0.2
+    assert all(division_at(found, t, STAY) < 0.2 for t in range(5))
+
+
+def test_block_starting_later_runs_the_extra_daughter_pass(division_series):
+    whole = run(division_series, Oracle())
+    late = run(division_series, Oracle(), t_start=2)
+    pd.testing.assert_frame_equal(late, whole[whole.t >= 2].reset_index(drop=True), check_exact=True)
+    assert division_at(late, 2, APPEAR) > 0.9
+
+
+def test_last_frame_is_paired_with_itself(division_series):
+    oracle = Oracle()
+    found = run(division_series, oracle, t_start=4)
+    assert positions(found) == {(4, *STAY), (4, *APPEAR)}
+    assert oracle.identical_pairs == 1  # the one tile of pass (4, 4); the extra pass (3, 4) differs
+
+
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_blocks_give_the_same_table_as_one_block(division_series, block):
+    whole = run(division_series, Oracle(), tile=(1, 32, 32), overlap=(0, 8, 8))
+    blocks = run(division_series, Oracle(), tile=(1, 32, 32), overlap=(0, 8, 8), block_frames=block)
+    pd.testing.assert_frame_equal(blocks, whole, check_exact=True)
+    assert set(blocks.attrs["timings"]) == {"read", "model", "peaks"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp32_matches_cpu(series_2d):
+    cpu = run(series_2d, Oracle(), tile=(1, 32, 32), overlap=(0, 8, 8))
+    cuda = run(series_2d, Oracle(), tile=(1, 32, 32), overlap=(0, 8, 8), device="cuda", precision="fp32")
+    pd.testing.assert_frame_equal(cuda, cpu, check_exact=False, rtol=1e-4, atol=1e-5)
+
+
+# --- files, device, the real network ------------------------------------------------------------------------
+
+def test_write_and_merge_blocks(tmp_path, division_series):
+    paths = []
+    for first in (3, 0):
+        block = run(division_series, Oracle(), t_start=first, t_stop=first + 2 if first == 0 else 5)
+        paths.append(tmp_path / f"block{first}.parquet")
+        write_detections(block, paths[-1])
+    merged = merge_detection_blocks(paths, tmp_path / "detections.parquet")
+    expected = run(division_series, Oracle(), t_stop=2)
+    assert merged.t.is_monotonic_increasing and set(merged.t) == {0, 1, 3, 4}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "detections.parquet"), merged)
+    pd.testing.assert_frame_equal(merged[merged.t < 2], expected, check_exact=True)
+    with pytest.raises(ValueError, match="frame 0 is in both"):
+        merge_detection_blocks([paths[1], paths[1]], tmp_path / "again.parquet")
+    with pytest.raises(ValueError, match="score"):
+        write_detections(merged.drop(columns="score"), tmp_path / "bad.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["block0.parquet", "block3.parquet", "detections.parquet"]
+
+
+def test_pick_device_falls_back_to_cpu(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO):
+        assert pick_device(0) == "cpu"
+        assert pick_device(1) == "cpu"
+    assert any(r.levelno == logging.WARNING and "falls back to the CPU" in r.message for r in caplog.records)
+
+
+def test_real_network_from_a_checkpoint(tmp_path, division_series):
+    model_module = pytest.importorskip("celltrails.detector.model")
+    checkpoint = pytest.importorskip("celltrails.detector.checkpoint")
+    normalize = pytest.importorskip("celltrails.detector.normalize")
+    torch.manual_seed(0)
+    model = model_module.CellDetector(model_module.DetectorConfig(spatial_dims=2, base_channels=4, depth=2,
+                                                                  embedding_dim=6))
+    path = tmp_path / "detector.pt"
+    checkpoint.save_checkpoint(path, model, trained_on=[], channel=1, training={}, metrics={},
+                               normalization=normalize.normalization_settings())
+    found = detect_with_checkpoint(division_series, path, 3, 5, tile=(1, 32, 32), overlap=(0, 8, 8),
+                                   threshold=0.01)
+    assert list(found.columns) == [*DETECTION_COLUMNS, *(f"emb_{k}" for k in range(6))]
+    assert set(found.t) <= {3, 4} and len(found) > 0
+    assert found["division_prob"].between(0, 1).all() and (found["radius"] >= 0).all()

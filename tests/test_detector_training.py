@@ -1,0 +1,254 @@
+"""Detector training: targets from points, losses, streamed augmented samples, and a fixed-seed overfit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from celltrails.detector.checkpoint import load_checkpoint
+from celltrails.detector.losses import (
+    batch_hard_triplet,
+    focal_center_loss,
+    masked_bce,
+    masked_l1,
+    nt_xent,
+)
+from celltrails.detector.model import DetectorConfig
+from celltrails.detector.sampling import Augmentation, CropSampler, Source, TrainingDataset, collate
+from celltrails.detector.targets import FramePoints, division_flags, embedding_relations, render_pass_targets
+from celltrails.detector.train import evaluate_frames, train_detector
+from celltrails.ome_zarr_io import create_image_store
+from celltrails.synthetic import generate_series, load_params
+
+torch.set_num_threads(2)
+
+VOXEL_2D = (1.0, 0.5, 0.5)
+
+
+def hand_table() -> pd.DataFrame:
+    """Cell 1 divides into 2 and 3 after t=1; cell 4 is missed at t=1 and continues as 5 (a gap, not a
+    division); cell 6 just lives."""
+    rows = [
+        *[(t, 0.0, 8.0, 8.0, 1, -1, 3.0) for t in (0, 1)],
+        *[(t, 0.0, 6.0, 6.0, 2, 1, 2.0) for t in (2, 3)],
+        *[(t, 0.0, 10.0, 10.0, 3, 1, 2.0) for t in (2, 3)],
+        (0, 0.0, 24.0, 24.0, 4, -1, 3.0),
+        *[(t, 0.0, 24.0, 25.0, 5, 4, 3.0) for t in (2, 3)],
+        *[(t, 0.0, 8.3, 24.4, 6, -1, 4.0) for t in range(4)],
+    ]
+    return pd.DataFrame(rows, columns=["t", "z", "y", "x", "cell_id", "parent_id", "radius"])
+
+
+def frame_points(table: pd.DataFrame, t: int) -> FramePoints:
+    return FramePoints.from_table(table[table.t == t])
+
+
+def disk(shape, centre, radius) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2).astype(np.float32)
+
+
+# -- targets ---------------------------------------------------------------------------------
+def test_division_flags_only_for_true_divisions():
+    flags = division_flags(hand_table())
+    mothers = set(zip(flags.t[flags.mother], flags.cell_id[flags.mother]))
+    daughters = set(zip(flags.t[flags.daughter], flags.cell_id[flags.daughter]))
+    assert mothers == {(1, 1)}
+    assert daughters == {(2, 2), (2, 3)}  # not (2, 5): a gap continuation
+
+
+def test_centre_foreground_and_radius_targets():
+    table = division_flags(hand_table())
+    shape = (1, 32, 32)
+    tg = render_pass_targets(frame_points(table, 1), frame_points(table, 2), shape, VOXEL_2D)
+    center = tg["center"][0, 0]
+    peaks = np.argwhere(center == 1.0)
+    assert {tuple(p) for p in peaks} == {(8, 8), (8, 24)}  # cell 6 at (8.3, 24.4) peaks at its voxel
+    sigma1, sigma6 = 3 * 0.5 / 3, 4 * 0.5 / 3  # radius / 3 in micrometres
+    assert center[8, 9] == pytest.approx(math.exp(-0.5 * (0.5 / sigma1) ** 2), rel=1e-6)
+    assert center[9, 24] == pytest.approx(math.exp(-0.5 * (0.5 / sigma6) ** 2), rel=1e-6)
+    expected_fg = np.maximum(disk((32, 32), (8, 8), 3), disk((32, 32), (8.3, 24.4), 4))
+    np.testing.assert_array_equal(tg["foreground"][0, 0], expected_fg)
+    assert tg["radius"][0, 0, 8, 24] == 4.0 and tg["radius"][0, 0, 8, 6] == 3.0
+    np.testing.assert_array_equal(tg["radius_mask"][0, 0], expected_fg)
+    assert (tg["mask"] == 1).all()  # complete frames: everything is taught
+
+    # Anisotropic 3D: a 2 um sphere (4 px) spans +-1 slice of 2 um, and the Gaussian is narrower in z.
+    cell = FramePoints([[3.0, 10.0, 10.0]], [4.0], [1], [-1], [False], [False])
+    tg3 = render_pass_targets(cell, FramePoints.empty(), (7, 20, 20), (2.0, 0.5, 0.5))
+    assert tg3["foreground"][0, :, 10, 10].tolist() == [0, 0, 1, 1, 1, 0, 0]
+    assert tg3["center"][0, 4, 10, 10] == pytest.approx(math.exp(-0.5 * (2.0 / (2.0 / 3)) ** 2), rel=1e-6)
+    assert tg3["center"][0, 3, 10, 14] == pytest.approx(math.exp(-0.5 * (2.0 / (2.0 / 3)) ** 2), rel=1e-6)
+
+
+def test_division_targets_mark_mothers_and_daughters_not_gaps():
+    table = division_flags(hand_table())
+    shape = (1, 32, 32)
+    tg = render_pass_targets(frame_points(table, 1), frame_points(table, 2), shape, VOXEL_2D)
+    mothers, daughters = tg["division"][0, 0], tg["division"][1, 0]
+    np.testing.assert_array_equal(mothers, disk((32, 32), (8, 8), 1.5))  # core: half the radius
+    both = np.maximum(disk((32, 32), (6, 6), 1), disk((32, 32), (10, 10), 1))
+    np.testing.assert_array_equal(daughters, both)
+    assert daughters[24, 25] == 0  # cell 5's first frame: a gap continuation
+    before_gap = render_pass_targets(frame_points(table, 0), frame_points(table, 1), shape, VOXEL_2D)
+    assert not before_gap["division"].any()  # cell 4's last frame is no mother
+    repeated = render_pass_targets(frame_points(table, 2), frame_points(table, 2), shape, VOXEL_2D,
+                                   same_frame=True)
+    assert not repeated["division"][1].any()  # (t, t): nobody is born
+
+
+def test_sparse_frames_only_teach_near_annotated_cells():
+    table = division_flags(hand_table())
+    cells = frame_points(table, 1).subset(np.array([True, False]))  # only cell 1 clicked, r = 3 px
+    tg = render_pass_targets(cells, frame_points(table, 2), (1, 32, 32), VOXEL_2D, complete_a=False)
+    mask_a = tg["mask"][0, 0]
+    np.testing.assert_array_equal(mask_a, disk((32, 32), (8, 8), 4.5))  # 1.5 radii
+    assert mask_a[8, 24] == 0  # the unannotated cell 6 is not taught as background
+    assert (tg["mask"][1] == 1).all()  # frame t+1 is complete
+    assert (tg["radius_mask"][0, 0] <= mask_a).all()
+
+
+def test_embedding_relations():
+    table = division_flags(hand_table())
+    rel = embedding_relations(frame_points(table, 1), frame_points(table, 2))
+    # order: t=1 cells 1, 6; t=2 cells 2, 3, 5, 6
+    expected_pos = {(0, 2), (0, 3), (2, 3), (1, 5)}
+    got_pos = {(i, j) for i, j in zip(*np.nonzero(rel == 1)) if i < j}
+    assert got_pos == expected_pos
+    assert (np.diag(rel) == -1).all() and (rel == rel.T).all()
+    assert rel[3, 4] == 0 and rel[0, 1] == 0  # different cells are negatives
+
+
+# -- losses ----------------------------------------------------------------------------------
+def test_focal_center_loss_by_hand():
+    logits = torch.zeros(1, 1, 1, 1, 3)
+    target = torch.tensor([1.0, 0.5, 0.0]).view(1, 1, 1, 1, 3)
+    ln2 = math.log(2)
+    expected = 0.25 * ln2 + 0.5 ** 4 * 0.25 * ln2 + 0.25 * ln2  # one positive: divide by 1
+    assert float(focal_center_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
+    mask = torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 1, 3)
+    assert float(focal_center_loss(logits, target, mask)) == pytest.approx(0.25 * ln2 + 0.5 ** 4 * 0.25 * ln2,
+                                                                         rel=1e-6)
+    confident = torch.tensor([8.0, -8.0, -8.0]).view(1, 1, 1, 1, 3)
+    assert float(focal_center_loss(confident, target)) < 1e-3
+
+
+def test_masked_bce_and_l1_by_hand():
+    logits = torch.tensor([0.0, 2.0, -1.0, 5.0])
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    bce = [math.log(2), math.log(1 + math.exp(2)), math.log(1 + math.exp(-1))]
+    assert float(masked_bce(logits, target, mask)) == pytest.approx(sum(bce) / 3, rel=1e-6)
+    assert float(masked_bce(logits, target, mask, pos_weight=10.0)) == pytest.approx(
+        (10 * bce[0] + bce[1] + bce[2]) / 3, rel=1e-6)
+    pred = torch.tensor([1.0, 5.0, 2.0])
+    l1 = masked_l1(pred, torch.tensor([2.0, 1.0, 2.5]), torch.tensor([1.0, 0.0, 1.0]))
+    assert float(l1) == pytest.approx(0.75)
+
+
+def test_triplet_and_ntxent_by_hand():
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
+    rel = torch.tensor([[-1, 1, 0], [1, -1, 0], [0, 0, -1]], dtype=torch.int8)
+    # anchors 0 and 1: hardest positive 1.0, nearest negative 0.5; anchor 2 has no positive.
+    assert float(batch_hard_triplet(emb, rel, margin=0.3)) == pytest.approx(0.8, rel=1e-5)
+    unit = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # anchor 0: s01 = 0, s02 = -1/T; anchor 1: s10 = 0, s12 = 0.
+    t = 0.5
+    l0 = -(0 - math.log(math.exp(0) + math.exp(-1 / t)))
+    l1 = -(0 - math.log(2.0))
+    assert float(nt_xent(unit, rel, temperature=t)) == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    assert float(batch_hard_triplet(emb, -torch.ones(3, 3, dtype=torch.int8))) == 0.0
+
+
+def test_contrastive_losses_prefer_separated_identities():
+    gen = torch.Generator().manual_seed(0)
+    identity = torch.arange(8).repeat(2)  # 8 cells seen in two frames
+    rel = (identity[:, None] == identity[None, :]).to(torch.int8)
+    rel.fill_diagonal_(-1)
+    centres = torch.nn.functional.normalize(torch.randn(8, 16, generator=gen), dim=1)
+    jitter = 0.05 * torch.randn(16, 16, generator=gen)
+    separated = torch.nn.functional.normalize(centres[identity] + jitter, dim=1)
+    random = torch.nn.functional.normalize(torch.randn(16, 16, generator=gen), dim=1)
+    assert float(batch_hard_triplet(separated, rel)) < 0.5 * float(batch_hard_triplet(random, rel))
+    assert float(nt_xent(separated, rel)) < 0.5 * float(nt_xent(random, rel))
+
+
+# -- streamed, augmented samples -------------------------------------------------------------
+def test_augmented_crops_keep_points_on_their_cells(tmp_path):
+    """Bright blobs at known points: after flips, 90-degree and small-angle rotations, every centre
+    target peak still sits on a blob of its own frame."""
+    rng = np.random.default_rng(0)
+    n_frames, shape = 4, (1, 80, 80)
+    rows, frames = [], np.full((n_frames, 1, *shape), 100, np.uint16)
+    yy, xx = np.indices(shape[1:])
+    for cell in range(1, 9):
+        y, x = rng.uniform(8, 72, 2)
+        for t in range(n_frames):
+            y, x = y + rng.uniform(-2, 2), x + rng.uniform(-2, 2)
+            blob = 1000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.0 ** 2))
+            frames[t, 0, 0] += blob.astype(np.uint16)
+            rows.append((t, 0.0, y, x, cell, -1, 4.0))
+    store = tmp_path / "blobs.ome.zarr"
+    create_image_store(store, frames.shape, np.uint16, VOXEL_2D, 1.0, ["nuclei"])[:] = frames
+    table = pd.DataFrame(rows, columns=["t", "z", "y", "x", "cell_id", "parent_id", "radius"])
+    source = Source(TrainingDataset(store, table, "blobs"))
+    aug = Augmentation(rotate_degrees=25, rotate_probability=1.0, intensity_scale=(1, 1), gamma=(1, 1),
+                       noise_probability=0, blur_probability=0)
+    sampler = CropSampler([source], [set(range(n_frames))], (1, 40, 40), aug, repeat_probability=0.3)
+    draw = np.random.default_rng(1)
+    samples = [sampler.sample(draw) for _ in range(12)]
+    checked = 0
+    for sample in samples:
+        image = sample["image"]
+        for p in range(2):  # pass p's frame a is sample frame p
+            for z, y, x in np.argwhere(sample["targets"]["center"][p, 0] == 1.0):
+                assert image[p, z, y, x] > 0.6, sample["info"]
+                checked += 1
+        if sample["info"]["frames"][2] == sample["info"]["frames"][1]:
+            assert sample["info"]["repeat"]
+    assert checked > 30
+    batch = collate(samples[:3])
+    assert batch["x"].shape == (6, 2, 1, 40, 40)
+    assert batch["relation"].shape[0] == len(batch["emb_index"]) == len(batch["emb_voxels"])
+    assert (batch["relation"] == 1).any()
+
+
+# -- fixed-seed overfit on a tiny synthetic series -------------------------------------------
+TINY_RECIPE = {
+    "seed": 5, "n_frames": 6, "shape": [1, 64, 64], "voxel_size": [1.0, 0.5, 0.5], "margin": 8.0,
+    "n_cells": 10, "nucleus_radius_mean": 3.0, "nucleus_radius_sd": 0.4, "cell_cycle_mean": 8.0,
+    "cell_cycle_sd": 2.0, "mitosis_frames": 2,
+}
+
+
+def test_overfit_tiny_synthetic_series(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    generate_series(load_params(recipe), tmp_path / "tiny")
+    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
+    checkpoint = tmp_path / "detector.pt"
+    config = DetectorConfig(2, base_channels=8, depth=2, embedding_dim=8)
+    metrics = train_detector([dataset], checkpoint, config=config, crop_size=(1, 64, 64), batch_size=2,
+                             steps=200, steps_per_epoch=100, lr=3e-3, seed=0,
+                             # One thread: as fast for this tiny model, and immune to OpenMP stalls when
+                             # other processes share the two cores.
+                             threads=1, log_dir=tmp_path / "logs", val_fraction=0.34, val_crops=2,
+                             progress=False)
+    assert (tmp_path / "logs" / "loss_curve.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "logs" / "validation.tsv", sep="\t")
+    assert table.epoch.tolist() == [1, 2] and np.isfinite(table.val_f1).all()
+    assert table.train_loss.iloc[-1] < table.train_loss.iloc[0]
+    model, meta = load_checkpoint(checkpoint)
+    assert meta["trained_on"] == ["tiny"] and meta["voxel_size_trained"] == (1.0, 0.5, 0.5)
+    assert meta["metrics"]["val_f1"] == pytest.approx(metrics["val_f1"])
+    source = Source(TrainingDataset(*dataset))
+    train_frames = meta["training"]["datasets"][0]["train_frames"]
+    assert train_frames == [0, 1, 2]  # frames 3-5 are held out (34 %)
+    result = evaluate_frames(model, source, train_frames)
+    assert result["tp"] + result["fn"] >= 25
+    assert result["f1"] >= 0.9, result
+    assert result["localization_error"] < 1.5, result  # peaks on the centres, not just within the radius

@@ -1,0 +1,106 @@
+"""Detector checkpoints: weights plus everything needed to use and to trust them.
+
+One ``torch.save`` file (written atomically: a killed job leaves no file that looks finished)
+holding plain Python data only, so :func:`load_checkpoint` uses ``torch.load(weights_only=True)``
+and never unpickles code. Keys: ``format``, ``version``, ``config`` (a
+:class:`DetectorConfig` as a dict), ``state_dict``, ``trained_on`` (dataset names), ``channel``
+(image channel the model reads), ``normalization`` (e.g. ``{"method": "percentile", "low": 1.0,
+"high": 99.8}``: inference calls ``normalize_frame(frame, low, high)``), ``training`` (the
+training settings), ``metrics`` (validation results) and ``voxel_size_trained`` (z, y, x in
+micrometres of the training data; None if unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from celltrails.atomic import atomic_path
+from celltrails.detector.model import CellDetector, DetectorConfig
+
+FORMAT = "celltrails-detector"
+VERSION = 1
+
+
+def _plain(value):
+    """numpy scalars/arrays, tuples and paths -> JSON-like Python data (what weights_only loads)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return json.loads(json.dumps(value, default=str))
+
+
+def save_checkpoint(path, model: CellDetector, *, trained_on: list[str], channel: int, normalization: dict,
+                    training: dict, metrics: dict,
+                    voxel_size_trained: Sequence[float] | None = None) -> None:
+    """Write ``model`` and its metadata to ``path`` atomically.
+
+    ``voxel_size_trained`` defaults to ``training["voxel_size"]`` when that is given.
+    """
+    if voxel_size_trained is None:
+        voxel_size_trained = training.get("voxel_size")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "trained_on": [str(name) for name in trained_on],
+        "channel": int(channel),
+        "normalization": _plain(dict(normalization)),
+        "training": _plain(dict(training)),
+        "metrics": _plain(dict(metrics)),
+        "voxel_size_trained": None if voxel_size_trained is None else [float(v) for v in voxel_size_trained],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
+    """(model on ``device`` in eval mode, metadata dict) from a checkpoint written by :func:`save_checkpoint`.
+
+    The dict has ``config`` (a :class:`DetectorConfig`), ``trained_on``, ``channel``,
+    ``normalization``, ``training``, ``metrics`` and ``voxel_size_trained`` ((z, y, x) tuple or None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable detector checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a celltrails detector checkpoint")
+    if payload.get("version", 0) > VERSION:
+        raise ValueError(f"{path} has checkpoint version {payload['version']}; this celltrails reads "
+                         f"up to {VERSION}: update celltrails")
+    config = DetectorConfig.from_dict(payload["config"])
+    model = CellDetector(config)
+    model.load_state_dict(payload["state_dict"])
+    model.to(torch.device(device)).eval()
+    voxel = payload.get("voxel_size_trained")
+    meta = {
+        "config": config,
+        "trained_on": list(payload.get("trained_on", [])),
+        "channel": int(payload.get("channel", 0)),
+        "normalization": dict(payload.get("normalization", {})),
+        "training": dict(payload.get("training", {})),
+        "metrics": dict(payload.get("metrics", {})),
+        "voxel_size_trained": None if voxel is None else tuple(float(v) for v in voxel),
+    }
+    return model, meta
