@@ -278,7 +278,7 @@ def test_pick_device_falls_back_to_cpu(monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         assert pick_device(0) == "cpu"
         assert pick_device(1) == "cpu"
-    assert any(r.levelno == logging.WARNING and "falls back to the CPU" in r.message for r in caplog.records)
+    assert any(r.levelno == logging.WARNING and "runs on the CPU" in r.message for r in caplog.records)
 
 
 def test_real_network_from_a_checkpoint(tmp_path, division_series):

@@ -472,7 +472,7 @@ def pick_device(requested_gpus: int, logger: logging.Logger | None = None) -> st
         logger.warning("%d GPU(s) requested but torch sees no CUDA device; the job runs on the CPU",
                        requested_gpus)
     else:
-        logger.info("detection runs on the CPU")
+        logger.info("the job runs on the CPU")
     return "cpu"
 
 
