@@ -38,6 +38,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/qc.smk"
+include: "workflow/rules/detect.smk"
+include: "workflow/rules/track.smk"
 
 
 rule all:

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
+from celltrails.ctc import (check_track_consistency, labels_per_frame, read_track_table, write_label_frame,
+                            write_track_table)
 from celltrails.ctc_export import render_frame, write_ctc
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges, write_metrics
 from celltrails.lineage import assemble_tracks
@@ -170,3 +171,41 @@ def test_sim_plus_linking_scores_high(tmp_path):
     assert_valid_ctc(tmp_path / "RES")
     metrics = evaluate_ctc(write_clipped_gt(tra, tmp_path / "GT", n_frames), tmp_path / "RES")
     assert metrics["TRA"] > 0.98, metrics
+
+
+def test_one_mask_over_two_cells_reports_null_division_scores_with_a_reason(tmp_path):
+    """A predicted mask covering two ground-truth markers is a many-to-one matching, for which
+    traccuracy computes no division metrics: the CTC scores still come back, divisions as null."""
+    gt, res = tmp_path / "GT", tmp_path / "RES"
+    gt.mkdir()
+    res.mkdir()
+    for t in range(2):
+        markers = np.zeros((32, 32), np.uint16)
+        markers[8:12, 8:12], markers[8:12, 14:18] = 1, 2
+        write_label_frame(markers, gt, "man_track", t, 2)
+        blob = np.zeros((32, 32), np.uint16)
+        blob[6:14, 6:20] = 1  # one predicted cell over both
+        write_label_frame(blob, res, "mask", t, 2)
+    write_track_table(pd.DataFrame({"label": [1, 2], "begin": [0, 0], "end": [1, 1], "parent": [0, 0]}),
+                      gt / "man_track.txt")
+    write_track_table(pd.DataFrame({"label": [1], "begin": [0], "end": [1], "parent": [0]}), res / "res_track.txt")
+    metrics = evaluate_ctc(gt, res)
+    assert metrics["DET"] is not None and metrics["DET"] < 1.0
+    assert metrics["division_f1"] is None and metrics["tp_divisions"] is None
+    assert any("refused division metrics" in note for note in metrics["notes"])
+
+
+def test_an_empty_result_scores_zero_instead_of_crashing(tmp_path):
+    gt, res = tmp_path / "GT", tmp_path / "RES"
+    gt.mkdir()
+    res.mkdir()
+    for t in range(3):
+        markers = np.zeros((16, 16), np.uint16)
+        markers[4:8, 4:8] = 1
+        write_label_frame(markers, gt, "man_track", t, 3)
+        write_label_frame(np.zeros((16, 16), np.uint16), res, "mask", t, 3)
+    write_track_table(pd.DataFrame({"label": [1], "begin": [0], "end": [2], "parent": [0]}), gt / "man_track.txt")
+    (res / "res_track.txt").write_text("")
+    metrics = evaluate_ctc(gt, res)
+    assert (metrics["TRA"], metrics["DET"], metrics["LNK"]) == (0.0, 0.0, 0.0)
+    assert metrics["fn_nodes"] == 3 and metrics["fn_edges"] == 2 and metrics["division_f1"] is None

@@ -29,20 +29,57 @@ _DIVISION_COUNTS = {"tp_divisions": "True Positive Divisions", "fp_divisions": "
                     "pred_divisions": "Total Predicted Divisions"}
 
 
-def _summarise(results: list[dict], matcher: str) -> dict:
+def _score(gt: TrackingGraph, pred: TrackingGraph, matcher, matcher_name: str) -> dict:
+    """CTC metrics, and division metrics where traccuracy can compute them for this matching.
+
+    traccuracy's DivisionMetrics accepts only one-to-one matchings; when a predicted cell covers
+    several ground-truth cells (CTC masks of a poor detector, say) it refuses, and the division
+    scores are reported as null with that reason instead of failing the whole evaluation.
+    """
+    results, matched = run_metrics(gt_data=gt, pred_data=pred, matcher=matcher, metrics=[CTCMetrics()])
+    try:
+        results.append(DivisionMetrics(max_frame_buffer=1).compute(matched).to_dict())
+        refused = None
+    except TypeError as err:
+        refused = f"traccuracy refused division metrics for this matching ({err})"
+    return _summarise(results, matcher_name, refused)
+
+
+def _summarise(results: list[dict], matcher: str, division_refused: str | None = None) -> dict:
     ctc = next(r["results"] for r in results if r["metric"]["name"] == "CTCMetrics")
-    div = next(r["results"] for r in results if r["metric"]["name"] == "DivisionMetrics")["Frame Buffer 1"]
     out: dict = {"tool": f"traccuracy {traccuracy.__version__}", "matcher": matcher,
                  "division_frame_buffer": 1, "notes": []}
     for key in ("TRA", "DET", "LNK"):
         out[key] = _finite(ctc[key], key, "no ground-truth cells or links", out["notes"])
+    out.update({k: int(ctc[k]) for k in _COUNTS})
+    out["AOGM"] = float(ctc["AOGM"])
+    if division_refused:
+        out["division_f1"] = None
+        out["notes"].append(f"division_f1 and division counts are null: {division_refused}")
+        out.update({k: None for k in _DIVISION_COUNTS})
+        return out
+    div = next(r["results"] for r in results if r["metric"]["name"] == "DivisionMetrics")["Frame Buffer 1"]
     out["division_f1"] = _finite(
         div["Division F1"], "division_f1",
         f"precision or recall is 0/0 ({div['Total GT Divisions']} ground-truth and "
         f"{div['Total Predicted Divisions']} predicted divisions)", out["notes"])
-    out.update({k: int(ctc[k]) for k in _COUNTS})
-    out["AOGM"] = float(ctc["AOGM"])
     out.update({k: int(div[v]) for k, v in _DIVISION_COUNTS.items()})
+    return out
+
+
+def _nothing_predicted(gt: TrackingGraph, matcher: str) -> dict:
+    """Scores of an empty result, which traccuracy cannot load: every cell and link is missed, so
+    AOGM equals the cost of building the ground truth from nothing and TRA = DET = LNK = 0."""
+    n_nodes, n_edges = gt.graph.number_of_nodes(), gt.graph.number_of_edges()
+    divisions = sum(1 for n in gt.graph.nodes if gt.graph.out_degree(n) >= 2)
+    out = {"tool": f"traccuracy {traccuracy.__version__}", "matcher": matcher, "division_frame_buffer": 1,
+           "notes": ["no cell was predicted: every ground-truth cell and link counts as missed"],
+           "TRA": 0.0, "DET": 0.0, "LNK": 0.0, "division_f1": 0.0 if divisions else None,
+           "fp_nodes": 0, "fn_nodes": n_nodes, "ns_nodes": 0, "fp_edges": 0, "fn_edges": n_edges, "ws_edges": 0,
+           "AOGM": None, "tp_divisions": 0, "fp_divisions": 0, "fn_divisions": divisions,
+           "gt_divisions": divisions, "pred_divisions": 0}
+    if not divisions:
+        out["notes"].append("division_f1 is undefined: no ground-truth and no predicted divisions")
     return out
 
 
@@ -53,17 +90,14 @@ def _finite(value: float, name: str, reason: str, notes: list[str]) -> float | N
     return float(value)
 
 
-def _metrics() -> list:
-    return [CTCMetrics(), DivisionMetrics(max_frame_buffer=1)]
-
-
 def evaluate_ctc(gt_tra_folder: str | Path, res_folder: str | Path) -> dict:
     """Score a CTC result folder against a CTC ``TRA`` ground-truth folder (CTCMatcher)."""
     gt_tra_folder, res_folder = Path(gt_tra_folder), Path(res_folder)
     gt = load_ctc_data(str(gt_tra_folder), str(gt_tra_folder / "man_track.txt"), name="gt", run_checks=False)
+    if not (res_folder / "res_track.txt").read_text().strip():
+        return _nothing_predicted(gt, "CTCMatcher")
     pred = load_ctc_data(str(res_folder), str(res_folder / "res_track.txt"), name="pred")
-    results, _ = run_metrics(gt_data=gt, pred_data=pred, matcher=CTCMatcher(), metrics=_metrics())
-    return _summarise(results, "CTCMatcher")
+    return _score(gt, pred, CTCMatcher(), "CTCMatcher")
 
 
 def _graph(nodes: pd.DataFrame, edges: list[tuple[int, int]], keys: tuple[str, ...],
@@ -109,10 +143,8 @@ def evaluate_points(gt_points_or_tra: pd.DataFrame | str | Path, tracks: pd.Data
     gt_nodes = gt.rename(columns={"cell_id": "node"})
     gt_edges = [(p, c) for p, c in zip(gt["parent_id"], gt["cell_id"]) if p >= 0]
     pred_nodes = tracks.rename(columns={"cell_id": "node"})
-    results, _ = run_metrics(gt_data=_graph(gt_nodes, gt_edges, keys, factors),
-                             pred_data=_graph(pred_nodes, track_edges(tracks), keys, factors),
-                             matcher=PointMatcher(threshold=threshold), metrics=_metrics())
-    return _summarise(results, f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")
+    return _score(_graph(gt_nodes, gt_edges, keys, factors), _graph(pred_nodes, track_edges(tracks), keys, factors),
+                  PointMatcher(threshold=threshold), f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")
 
 
 def track_edges(tracks: pd.DataFrame) -> list[tuple[int, int]]:

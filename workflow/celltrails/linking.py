@@ -326,3 +326,9 @@ def link_frames(detections: pd.DataFrame, t_start: int, t_stop: int,
              for t in range(t_start, t_stop) if t in frames and t + 1 in frames]
     pairs = [p for p in pairs if len(p)]
     return pd.concat(pairs, ignore_index=True) if pairs else _empty_edges()
+
+
+def link_params_from_config(settings: dict, voxel_size: tuple[float, float, float]) -> LinkParams:
+    """LinkParams from the workflow's ``link`` config section and the image's voxel size."""
+    fields = {f for f in LinkParams.__dataclass_fields__ if f != "voxel_size"}
+    return LinkParams(voxel_size=tuple(voxel_size), **{k: v for k, v in settings.items() if k in fields})

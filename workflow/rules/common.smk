@@ -11,6 +11,7 @@ except InputError as err:
     raise WorkflowError(str(err)) from None
 
 ENV_IMAGING = str(REPO / "envs" / "imaging.yaml")
+ENV_TORCH = str(REPO / "envs" / "torch.yaml")
 
 
 wildcard_constraints:
@@ -36,11 +37,86 @@ def ground_truth_source_of(wildcards):
     return str(dataset.ground_truth)
 
 
+def detector_available():
+    """Tracking runs when there is a model: trained here, given, or shipped with the workflow."""
+    return bool(config["detector"]["train_on"] or config["detector"]["checkpoint"]
+                or all(path.is_file() for path in SHIPPED_DETECTORS.values()))
+
+
 def all_targets():
     targets = []
+    track = detector_available()
     for name, dataset in DATASETS.items():
-        targets.append(f"results/{name}/image.ome.zarr")
-        targets.append(f"results/{name}/qc/overview.png")
+        targets += [f"results/{name}/image.ome.zarr", f"results/{name}/qc/overview.png"]
         if dataset.has_ground_truth:
             targets.append(f"results/{name}/ground_truth.parquet")
+        if track:
+            targets += [f"results/{name}/detections.parquet", f"results/{name}/tracks.parquet"]
+            if dataset.has_ground_truth:
+                targets += [f"results/{name}/metrics/detection.json", f"results/{name}/metrics/tracking.json"]
     return targets
+
+
+# --- detector -------------------------------------------------------------------------------
+
+SHIPPED_DETECTORS = {2: REPO / "workflow" / "models" / "detector_2d.pt", 3: REPO / "workflow" / "models" / "detector_3d.pt"}
+TRAINED_DETECTOR_DIR = f"results/models/{config['detector']['model_name']}"
+TRAINED_DETECTOR = f"{TRAINED_DETECTOR_DIR}/detector.pt"
+
+
+def _check_training_datasets(key):
+    unknown = [d for d in config[key]["train_on"] if d not in DATASETS]
+    without_truth = [d for d in config[key]["train_on"] if d in DATASETS and not DATASETS[d].has_ground_truth]
+    if unknown:
+        raise WorkflowError(f"config {key}.train_on: datasets {unknown} are not registered in {config['datasets']}")
+    if without_truth:
+        raise WorkflowError(f"config {key}.train_on: datasets {without_truth} have no ground truth to train on")
+
+
+_check_training_datasets("detector")
+
+
+def converted_image_meta(wildcards):
+    """Metadata of the converted image (waits for the `convert` checkpoint)."""
+    from celltrails.ome_zarr_io import read_image_meta
+
+    return read_image_meta(checkpoints.convert.get(dataset=wildcards.dataset).output[0])
+
+
+def detector_checkpoint(wildcards):
+    """The trained model if `detector.train_on` is set, else a given or the shipped checkpoint."""
+    if config["detector"]["train_on"]:
+        return TRAINED_DETECTOR
+    if config["detector"]["checkpoint"]:
+        return config["detector"]["checkpoint"]
+    return str(SHIPPED_DETECTORS[3 if converted_image_meta(wildcards).is_3d else 2])
+
+
+def detection_blocks(wildcards):
+    """One detection job per block of `detector.frames_per_job` frames."""
+    n_frames = converted_image_meta(wildcards).n_frames
+    size = config["detector"]["frames_per_job"]
+    return [f"results/{wildcards.dataset}/detect/frames_{start:06d}-{min(start + size, n_frames):06d}.parquet"
+            for start in range(0, n_frames, size)]
+
+
+# --- linking and lineage ---------------------------------------------------------------------
+
+
+def link_blocks(wildcards):
+    """One linking job per block of `link.pairs_per_job` frame pairs (t, t+1)."""
+    n_pairs = converted_image_meta(wildcards).n_frames - 1
+    size = config["link"]["pairs_per_job"]
+    return [f"results/{wildcards.dataset}/link/pairs_{start:06d}-{min(start + size, n_pairs):06d}.parquet"
+            for start in range(0, n_pairs, size)]
+
+
+def tracking_truth_of(wildcards):
+    """The ground truth tracking is scored against: CTC TRA masks where they exist, else points."""
+    dataset = dataset_of(wildcards)
+    if dataset.is_synthetic:  # the generator's folder; its CTC ground truth is GT/TRA inside
+        return f"results/{dataset.name}/synthetic"
+    tra = dataset.ground_truth / "TRA"
+    if tra.is_dir():
+        return str(tra)
+    return f"results/{dataset.name}/ground_truth.parquet"

@@ -1,7 +1,8 @@
 # Every registered source -> results/{dataset}/image.ome.zarr, and ground truth -> one table.
 
 
-rule convert:
+checkpoint convert:
+    # A checkpoint: the number of frames (and so the detection blocks) is known once it ran.
     input:
         source_of,
     output:

@@ -1,0 +1,82 @@
+"""The tracking half of the workflow end to end: train -> detect (blocks) -> link (blocks) ->
+lineage -> CTC result -> metrics, on a tiny synthetic 2D series in a temporary working directory.
+
+A few hundred training steps make a modest detector: this checks the wiring, the file formats of the
+interface and the CTC validity, not accuracy (the detector and linker tests measure that).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from ctc_metrics import validate_sequence
+
+from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
+
+from conftest import REPO
+from test_workflow import register, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tracking")
+    recipe = yaml.safe_load((REPO / "config" / "synthetic" / "demo2d.yaml").read_text())
+    recipe.update(n_frames=7, shape=[1, 96, 96], n_cells=14)
+    (workdir / "tiny2d.yaml").write_text(yaml.safe_dump(recipe))
+    config = {"datasets": "datasets.tsv",
+              "detector": {"train_on": ["tiny"], "frames_per_job": 3, "tile_yx": 64, "overlap_yx": 16, "threshold": 0.3,
+                           "training": {"steps": 300, "batch_size": 4, "crop_yx": 64, "base_channels": 8,
+                                        "depth": 2, "embedding_dim": 4, "learning_rate": 0.003}},
+              "link": {"pairs_per_job": 4}}
+    register(workdir, ["tiny\ttiny2d.yaml\tsynthetic\t\t\t\t\t"], config=yaml.safe_dump(config))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir
+
+
+def test_outputs_follow_the_interface(tracked):
+    results = tracked / "results" / "tiny"
+    detections = pd.read_parquet(results / "detections.parquet")
+    assert list(detections.columns[:7]) == ["t", "z", "y", "x", "score", "radius", "division_prob"]
+    assert [c for c in detections.columns if c.startswith("emb_")] == ["emb_0", "emb_1", "emb_2", "emb_3"]
+    tracks = pd.read_parquet(results / "tracks.parquet")
+    assert list(tracks.columns) == ["t", "cell_id", "track_id", "parent_track_id", "z", "y", "x", "radius"]
+    assert set(tracks.cell_id) <= set(detections.index)
+    # Positions in tracks are those of the detections they came from.
+    joined = tracks.join(detections[["t", "y", "x"]], on="cell_id", rsuffix="_det")
+    assert (joined.t == joined.t_det).all() and (joined.y == joined.y_det).all()
+    napari = pd.read_csv(results / "napari_tracks.csv")
+    assert list(napari.columns) == ["track_id", "t", "z", "y", "x", "parent_track_id"]
+    assert (tracked / "results" / "models" / "detector" / "loss_curve.png").stat().st_size > 5_000
+
+
+def test_ctc_result_is_valid(tracked):
+    ctc = tracked / "results" / "tiny" / "ctc"
+    assert validate_sequence(str(ctc))["Valid"] == 1
+    tracks = read_track_table(ctc / "res_track.txt")
+    assert check_track_consistency(tracks, labels_per_frame(ctc, "mask")) == []
+    assert len(list(ctc.glob("mask*.tif"))) == 7
+
+
+def test_metrics_are_written(tracked):
+    metrics = tracked / "results" / "tiny" / "metrics"
+    tracking = json.loads((metrics / "tracking.json").read_text())
+    assert {"TRA", "DET", "LNK", "division_f1", "fp_nodes", "fn_nodes"} <= set(tracking)
+    assert 0.0 <= tracking["DET"] <= 1.0
+    detection = json.loads((metrics / "detection.json").read_text())
+    assert detection["tp"] + detection["fn"] == len(pd.read_parquet(tracked / "results" / "tiny" / "ground_truth.parquet"))
+
+
+def test_blocks_are_temporary_and_rerun_has_nothing_to_do(tracked):
+    assert not list((tracked / "results" / "tiny").glob("detect/*.parquet"))
+    assert not list((tracked / "results" / "tiny").glob("link/*.parquet"))
+    for rule in ("train_detector", "detect_block", "link_block", "lineage", "evaluate_tracking"):
+        assert (tracked / "benchmarks" / rule).exists(), rule
+    result = snakemake(tracked, "-n")
+    assert "Nothing to be done" in result.stdout

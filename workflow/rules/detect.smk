@@ -1,0 +1,97 @@
+# CELLECT-style detection: centres, radii, division probabilities and embeddings of every cell.
+
+
+wildcard_constraints:
+    start=r"\d{6}",
+    stop=r"\d{6}",
+
+
+rule train_detector:
+    input:
+        images=expand("results/{dataset}/image.ome.zarr", dataset=config["detector"]["train_on"]),
+        ground_truth=expand("results/{dataset}/ground_truth.parquet", dataset=config["detector"]["train_on"]),
+    output:
+        model=TRAINED_DETECTOR,
+        validation=f"{TRAINED_DETECTOR_DIR}/validation.tsv",
+        curve=report(
+            f"{TRAINED_DETECTOR_DIR}/loss_curve.png",
+            caption="../report/detector_training.rst",
+            category="Detector training",
+        ),
+    params:
+        datasets=config["detector"]["train_on"],
+        channel=config["detector"]["channel"],
+        training=config["detector"]["training"],
+        seed=config["seed"],
+    threads: 2
+    log:
+        f"logs/train_detector/{config['detector']['model_name']}.log",
+    benchmark:
+        f"benchmarks/train_detector/{config['detector']['model_name']}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/train_detector.py"
+
+
+rule detect_block:
+    input:
+        image="results/{dataset}/image.ome.zarr",
+        model=detector_checkpoint,
+    output:
+        temp("results/{dataset}/detect/frames_{start}-{stop}.parquet"),
+    params:
+        settings=config["detector"],
+    threads: 2
+    log:
+        "logs/detect_block/{dataset}/frames_{start}-{stop}.log",
+    benchmark:
+        "benchmarks/detect_block/{dataset}/frames_{start}-{stop}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/detect_block.py"
+
+
+rule merge_detections:
+    input:
+        detection_blocks,
+    output:
+        "results/{dataset}/detections.parquet",
+    log:
+        "logs/merge_detections/{dataset}.log",
+    benchmark:
+        "benchmarks/merge_detections/{dataset}.tsv"
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/merge_detections.py"
+
+
+rule evaluate_detections:
+    input:
+        detections="results/{dataset}/detections.parquet",
+        ground_truth="results/{dataset}/ground_truth.parquet",
+        image="results/{dataset}/image.ome.zarr",
+    output:
+        "results/{dataset}/metrics/detection.json",
+    log:
+        "logs/evaluate_detections/{dataset}.log",
+    benchmark:
+        "benchmarks/evaluate_detections/{dataset}.tsv"
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/evaluate_detections.py"
+
+
+localrules:
+    merge_detections,

@@ -1,0 +1,24 @@
+"""Snakemake adapter: detection F1 and embedding successor accuracy against the ground truth."""
+# ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
+
+import pandas as pd
+
+from celltrails.detector.metrics import embedding_successor_accuracy, match_detections
+from celltrails.evaluate import write_metrics
+from celltrails.logs import script_logging
+from celltrails.ome_zarr_io import read_image_meta
+
+with script_logging(snakemake.log[0]) as log:
+    voxel_size = read_image_meta(snakemake.input.image).voxel_size
+    detections = pd.read_parquet(snakemake.input.detections)
+    truth = pd.read_parquet(snakemake.input.ground_truth)
+    matched = match_detections(detections, truth, voxel_size=voxel_size)
+    successor = embedding_successor_accuracy(detections, truth, voxel_size=voxel_size)
+    metrics = {"dataset": snakemake.wildcards.dataset,
+               **{k: matched[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")},
+               "embedding_successor_accuracy": successor,
+               "matching": "one-to-one (Hungarian), a detection matches a ground-truth centre within its radius"}
+    write_metrics(metrics, snakemake.output[0])
+    log.info("dataset '%s': detection F1 %.4f (precision %.4f, recall %.4f); embedding successor accuracy %s",
+             snakemake.wildcards.dataset, matched["f1"], matched["precision"], matched["recall"],
+             successor.get("fraction"))

@@ -1,0 +1,30 @@
+"""Snakemake adapter: tracks, napari table and CTC result from detections and links (rule `lineage`)."""
+# ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
+
+import pandas as pd
+
+from celltrails.atomic import atomic_path
+from celltrails.ctc_export import write_ctc
+from celltrails.lineage import LineageParams, assemble_tracks, write_tracks
+from celltrails.linking import link_params_from_config
+from celltrails.logs import script_logging
+from celltrails.ome_zarr_io import read_image_meta
+
+with script_logging(snakemake.log[0]) as log:
+    meta = read_image_meta(snakemake.input.image)
+    detections = pd.read_parquet(snakemake.input.detections)  # row number = cell id
+    edges = [pd.read_parquet(path) for path in snakemake.input.edges]
+    edges = pd.concat(edges, ignore_index=True) if edges else pd.DataFrame(
+        {"source": [], "target": [], "chosen": pd.Series([], dtype=bool)})
+    tracks = assemble_tracks(detections, edges, link_params_from_config(snakemake.params.link, meta.voxel_size),
+                             LineageParams(**snakemake.params.lineage))
+    write_tracks(tracks, snakemake.output.tracks)
+    with atomic_path(snakemake.output.napari) as tmp:
+        # napari: viewer.add_tracks(df[["track_id", "t", "z", "y", "x"]], graph=parents), see README.
+        tracks.sort_values(["track_id", "t"])[["track_id", "t", "z", "y", "x", "parent_track_id"]].to_csv(
+            tmp, index=False)
+    write_ctc(tracks, snakemake.output.ctc, shape=meta.shape[2:], n_frames=meta.n_frames,
+              voxel_size=meta.voxel_size)
+    divisions = tracks.drop_duplicates("track_id").parent_track_id.value_counts()
+    log.info("%d cells in %d tracks, %d divisions", len(tracks), tracks.track_id.nunique(),
+             int((divisions[divisions.index >= 0] >= 2).sum()))
