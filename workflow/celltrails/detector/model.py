@@ -33,9 +33,13 @@ Design choices and why
   since t); the embedding is **L2-normalised** per voxel, so Euclidean distances lie in [0, 2]
   and are monotone in cosine similarity: the linker's "euclidean" and "cosine" metrics agree and
   need no dataset-specific scale.
-* **Embedding loss: batch-hard triplet (see :mod:`celltrails.detector.losses`).** Measured on a
-  synthetic 2D series (see the losses module docstring for numbers): successor accuracy of the
-  embedding alone was compared for the batch-hard triplet loss (margin 0.3) and NT-Xent.
+* **Embedding loss: NT-Xent (multi-positive, temperature 0.1) by default**, batch-hard triplet
+  (CELLECT's, margin 0.3) selectable. Measured on synthetic 2D series (same data, seeds and steps,
+  only the loss differs; numbers in :mod:`celltrails.detector.losses`): on an unseen series
+  NT-Xent's nearest-embedding successor among the cells in the linker's search region was right
+  for 98.1-99.7 % of the ambiguous cells vs 96.5-98.4 % for the triplet loss (2-5x fewer
+  errors, with wider gaps to the nearest wrong cell), at a detection F1 0.5 points lower on that
+  series (0.972 vs 0.977 after 1400 steps), a gap that shrank with training.
 """
 
 from __future__ import annotations
