@@ -12,12 +12,20 @@ with script_logging(snakemake.log[0]) as log:
     voxel_size = read_image_meta(snakemake.input.image).voxel_size
     detections = pd.read_parquet(snakemake.input.detections)
     truth = pd.read_parquet(snakemake.input.ground_truth)
-    matched = match_detections(detections, truth, voxel_size=voxel_size)
-    successor = embedding_successor_accuracy(detections, truth, voxel_size=voxel_size)
+    # Matching reach: each ground-truth cell's radius; a points table without radii gets the median
+    # detected radius (or 5 px when nothing was detected), in micrometres.
+    reach = None
+    if truth.radius.isna().any():
+        typical_px = float(detections.radius.median()) if len(detections) else 5.0
+        reach = typical_px * voxel_size[2]
+        log.warning("ground truth has no radius: detections match within %.3g µm (median detected radius)", reach)
+    matched = match_detections(detections, truth, voxel_size=voxel_size, max_distance=reach)
+    successor = embedding_successor_accuracy(detections, truth, voxel_size=voxel_size, max_distance=reach)
     metrics = {"dataset": snakemake.wildcards.dataset,
                **{k: matched[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")},
                "embedding_successor_accuracy": successor,
-               "matching": "one-to-one (Hungarian), a detection matches a ground-truth centre within its radius"}
+               "matching": "one-to-one (Hungarian), a detection matches a ground-truth centre within "
+                           + (f"{reach:.3g} µm (no radius in the ground truth)" if reach else "its radius")}
     write_metrics(metrics, snakemake.output[0])
     log.info("dataset '%s': detection F1 %.4f (precision %.4f, recall %.4f); embedding successor accuracy %s",
              snakemake.wildcards.dataset, matched["f1"], matched["precision"], matched["recall"],
