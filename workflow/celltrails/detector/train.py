@@ -19,11 +19,10 @@ Validation metrics
 ------------------
 * detection: detections are local maxima (3x3(x3) neighbourhood) of sigmoid(center) above
   ``detection_threshold``; they are matched one-to-one to the annotated centres (Hungarian, on
-  distance in xy pixels with z scaled by the voxel size) when closer than the cell's radius.
+  distance in xy pixels with z scaled by the voxel size) when closer than the cell's radius, with
+  the same matcher as the workflow's detection metrics (:func:`celltrails.detector.metrics.match_frame`).
   Cells and detections within ``border`` pixels of a crop's y/x edge are not counted (a cell cut
-  by the crop edge is judged in the tile that contains it). ``match_fn`` may replace the matcher:
-  ``match_fn(detected_zyx (n, 3), gt_zyx (m, 3), gt_radius (m,), voxel_size) -> (k, 2) int array``
-  of matched (detection, ground-truth) index pairs within the radius.
+  by the crop edge is judged in the tile that contains it).
 * embedding successor accuracy: for each annotated cell at t whose track continues at t+1 in the
   crop, among the annotated cells at t+1 within ``max(10, 3 * radius)`` xy pixels (the linker's
   default search region) the one with the nearest embedding (t from pass (t, t+1), t+1 from pass
@@ -45,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.checkpoint import save_checkpoint
 from celltrails.detector.losses import LossWeights, dense_losses, embedding_loss, total_loss
+from celltrails.detector.metrics import match_frame
 from celltrails.detector.model import CellDetector, DetectorConfig, count_parameters
 from celltrails.detector.normalize import normalization_settings
 from celltrails.detector.sampling import (
@@ -66,7 +65,6 @@ from celltrails.detector.sampling import (
 from celltrails.detector.targets import FramePoints
 from celltrails.logs import ProgressLog
 
-MatchFn = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 LOSS_NAMES = ("center", "foreground", "radius", "division", "embedding")
 SEARCH_FACTOR, MIN_SEARCH_RADIUS = 3.0, 10.0  # linker defaults (celltrails.linking.LinkParams)
 
@@ -89,29 +87,23 @@ def _scaled(zyx: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
 
 def match_points(detected: np.ndarray, gt: np.ndarray, gt_radius: np.ndarray,
                  voxel_size: Sequence[float]) -> np.ndarray:
-    """One-to-one matching (Hungarian on distance) of detections to ground truth within each GT radius."""
-    if not len(detected) or not len(gt):
-        return np.zeros((0, 2), np.int64)
-    d = np.linalg.norm(_scaled(detected, voxel_size)[:, None] - _scaled(gt, voxel_size)[None], axis=2)
-    allowed = d <= np.asarray(gt_radius, float)[None, :]
-    cost = np.where(allowed, d, 1e9)
-    rows, cols = linear_sum_assignment(cost)
-    ok = allowed[rows, cols]
-    return np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
+    """(k, 2) matched (detection, ground-truth) index pairs within each GT radius, in xy-pixel units,
+    by the workflow's one-to-one matcher."""
+    found, truth, _ = match_frame(_scaled(detected, voxel_size), _scaled(gt, voxel_size),
+                                  np.asarray(gt_radius, float))
+    return np.stack([found, truth], axis=1).astype(np.int64)
 
 
 def detection_counts(detected: np.ndarray, cells: FramePoints, shape: Sequence[int],
-                     voxel_size: Sequence[float], border: int = 0,
-                     match_fn: MatchFn | None = None) -> tuple[int, int, int]:
+                     voxel_size: Sequence[float], border: int = 0) -> tuple[int, int, int]:
     """(tp, fp, fn) of detections against the annotated cells of one crop (see module docstring)."""
-    return _match_and_count(detected, cells, shape, voxel_size, border, match_fn)[:3]
+    return _match_and_count(detected, cells, shape, voxel_size, border)[:3]
 
 
 def _match_and_count(detected: np.ndarray, cells: FramePoints, shape: Sequence[int],
-                     voxel_size: Sequence[float], border: int = 0,
-                     match_fn: MatchFn | None = None) -> tuple[int, int, int, np.ndarray]:
+                     voxel_size: Sequence[float], border: int = 0) -> tuple[int, int, int, np.ndarray]:
     detected = np.asarray(detected, float).reshape(-1, 3)
-    pairs = (match_fn or match_points)(detected, cells.zyx, cells.radius, voxel_size)
+    pairs = match_points(detected, cells.zyx, cells.radius, voxel_size)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
     def counted(p: np.ndarray) -> np.ndarray:
@@ -182,8 +174,7 @@ def _step_losses(model: CellDetector, batch: dict, weights: LossWeights, device:
 
 @torch.no_grad()
 def validate(model: CellDetector, batches: list[dict], weights: LossWeights, device: torch.device, *,
-             amp: bool = True, threshold: float = 0.5, border: int = 4,
-             match_fn: MatchFn | None = None) -> dict[str, float]:
+             amp: bool = True, threshold: float = 0.5, border: int = 4) -> dict[str, float]:
     """Losses, detection precision/recall/F1 and embedding successor accuracy on validation batches."""
     was_training = model.training
     model.eval()
@@ -201,7 +192,7 @@ def validate(model: CellDetector, batches: list[dict], weights: LossWeights, dev
         for b, sample in enumerate(samples):
             shape = sample["image"].shape[1:]
             cells_t, cells_next = sample["cells"]
-            counts = detection_counts(peaks[b], cells_t, shape, sample["voxel_size"], border, match_fn)
+            counts = detection_counts(peaks[b], cells_t, shape, sample["voxel_size"], border)
             tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
             v0, _ = cells_t.centre_voxels(shape)
             v1, _ = cells_next.centre_voxels(shape)
@@ -226,8 +217,7 @@ def validate(model: CellDetector, batches: list[dict], weights: LossWeights, dev
 
 @torch.no_grad()
 def evaluate_frames(model: CellDetector, source: Source, frames: Sequence[int] | None = None, *,
-                    threshold: float = 0.5, device: str | torch.device = "cpu",
-                    match_fn: MatchFn | None = None) -> dict[str, float]:
+                    threshold: float = 0.5, device: str | torch.device = "cpu") -> dict[str, float]:
     """Detection precision/recall/F1, mean localisation error of matched detections and mean
     absolute radius error there (xy pixels), embedding successor accuracy, and division calls
     (``max(ch0 of (t, t+1), ch1 of (t-1, t)) > 0.5`` at the annotated centres, against the
@@ -274,7 +264,7 @@ def evaluate_frames(model: CellDetector, source: Source, frames: Sequence[int] |
             division_event.append(cells_here.mother | cells_here.daughter)
         peaks = peaks[np.all(peaks < shape, axis=1)]
         cells = source.frame_points(t)
-        counts = _match_and_count(peaks, cells, shape, source.voxel_size, 0, match_fn)
+        counts = _match_and_count(peaks, cells, shape, source.voxel_size, 0)
         tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         for d, g in counts[3]:
             offsets.append(float(np.linalg.norm(_scaled(peaks[d], source.voxel_size)
@@ -398,7 +388,7 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
                    val_fraction: float = 0.15, val_crops: int = 16, augmentation: Augmentation | None = None,
                    loss_weights: LossWeights | None = None, repeat_probability: float = 0.1,
                    cell_bias: float = 0.8, normalization: tuple[float, float] = (1.0, 99.8), workers: int = 0,
-                   amp: bool = True, detection_threshold: float = 0.5, match_fn: MatchFn | None = None,
+                   amp: bool = True, detection_threshold: float = 0.5,
                    select: str = "best", progress: bool | None = None) -> dict:
     """Train a :class:`CellDetector` and save it to ``out_checkpoint``; returns the metrics dict.
 
@@ -432,7 +422,7 @@ def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
 def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, steps, epochs,
            steps_per_epoch, lr, weight_decay, seed, device, threads, log_dir, logger, val_fraction,
            val_crops, augmentation, loss_weights, repeat_probability, cell_bias, normalization, workers,
-           amp, detection_threshold, match_fn, select, progress) -> dict:
+           amp, detection_threshold, select, progress) -> dict:
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if batch_size < 1:
@@ -523,7 +513,7 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
             row.update({f"train_{k}": v / max(1, epoch_count) for k, v in epoch_sums.items()})
             if val_batches:
                 row.update(validate(model, val_batches, weights, device, amp=amp,
-                                    threshold=detection_threshold, match_fn=match_fn))
+                                    threshold=detection_threshold))
             else:
                 row.update({"val_loss": float("nan"), "val_f1": float("nan"),
                             "val_embedding_accuracy": float("nan")})
