@@ -45,7 +45,6 @@ def convert_plain_loop(source_dir: Path, out: Path) -> None:
     """What a user writes by hand: read each TIFF, assign it into a zarr array with the same chunks."""
     import tifffile
     import zarr
-
     from celltrails.ome_zarr_io import default_chunks
 
     files = sorted(p for p in source_dir.iterdir() if p.suffix == ".tif")
@@ -105,7 +104,6 @@ def measure(method: str, source: Path, layout: str, threads: int, workdir: Path)
 def synthetic_tiff_folder(n_frames: int, workdir: Path) -> Path:
     """A synthetic 3D series from the generator, written as one 3D TIFF per frame."""
     import tifffile
-
     from celltrails.ome_zarr_io import open_image
     from celltrails.synthetic import generate_series, load_params
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from celltrails.atomic import atomic_path
-from celltrails.ctc import (check_track_consistency, labels_per_frame, mask_name, read_track_table,
-                            write_label_frame, write_track_table)
+from celltrails.ctc import (
+    check_track_consistency,
+    labels_per_frame,
+    mask_name,
+    read_track_table,
+    write_label_frame,
+    write_track_table,
+)
 from celltrails.errors import InputError
 
 

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
-
 from celltrails.datasets import load_datasets, parse_voxel_size
 from celltrails.errors import InputError
-
 from conftest import REPO
+from snakemake.utils import validate
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 HEADER = "dataset\tpath\tlayout\tground_truth\tvoxel_size\ttime_interval\tchannels\tannotations\n"

@@ -7,8 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from celltrails.ctc import (check_track_consistency, labels_per_frame, read_track_table, write_label_frame,
-                            write_track_table)
+from celltrails.ctc import (
+    check_track_consistency,
+    labels_per_frame,
+    read_track_table,
+    write_label_frame,
+    write_track_table,
+)
 from celltrails.ctc_export import render_frame, write_ctc
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges, write_metrics
 from celltrails.lineage import assemble_tracks

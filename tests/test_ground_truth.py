@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from celltrails.ctc import read_track_table, write_label_frame, write_track_table
 from celltrails.errors import InputError
 from celltrails.ground_truth import check_points_fit_image, equivalent_radius_px, load_ground_truth

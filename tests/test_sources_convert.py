@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from ome_zarr.io import parse_url
-from ome_zarr.reader import Reader
-
 from celltrails.convert import convert_to_ome_zarr
 from celltrails.errors import InputError
 from celltrails.ome_zarr_io import open_image
 from celltrails.sources import open_source
-
 from conftest import blob_frames
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
 
 
 def read_back_with_ome_zarr(path: Path) -> tuple[np.ndarray, dict]:

@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from celltrails.ome_zarr_io import open_image
-
 from conftest import REPO, blob_frames
 
 pytestmark = pytest.mark.workflow

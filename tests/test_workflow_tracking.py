@@ -13,11 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from ctc_metrics import validate_sequence
-
 from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
-
 from conftest import REPO
+from ctc_metrics import validate_sequence
 from test_workflow import register, snakemake
 
 pytestmark = pytest.mark.workflow

@@ -8,6 +8,7 @@ and dataset name, all at once, so a user fixes the sheet in one go.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def parse_voxel_size(text: str) -> tuple[float, float, float]:
         values = tuple(float(p) for p in parts)
     except ValueError:
         raise ValueError(f"voxel_size '{text}' is not three numbers z,y,x") from None
-    if len(values) != 3 or not all(v > 0 and v == v and v != float("inf") for v in values):
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"voxel_size '{text}' must be three positive numbers z,y,x (micrometres)")
     return values
 

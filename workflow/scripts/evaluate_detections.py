@@ -2,7 +2,6 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 import pandas as pd
-
 from celltrails.detector.metrics import embedding_successor_accuracy, match_detections
 from celltrails.evaluate import write_metrics
 from celltrails.logs import script_logging

@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import pandas as pd
-
 from celltrails.evaluate import evaluate_ctc, evaluate_points, write_metrics
 from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta

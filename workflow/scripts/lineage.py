@@ -2,7 +2,6 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 import pandas as pd
-
 from celltrails.atomic import atomic_path
 from celltrails.ctc_export import write_ctc
 from celltrails.lineage import LineageParams, assemble_tracks, write_tracks

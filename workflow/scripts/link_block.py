@@ -2,7 +2,6 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 import pandas as pd
-
 from celltrails.atomic import atomic_path
 from celltrails.linking import link_frames, link_params_from_config
 from celltrails.logs import script_logging

@@ -2,7 +2,6 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 import pandas as pd
-
 from celltrails.figures import overview_montage
 from celltrails.logs import script_logging
 
