@@ -12,38 +12,17 @@ micrometres of the training data; None if unknown).
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.model import CellDetector, DetectorConfig
+from celltrails.serialize import plain_data
 
 FORMAT = "celltrails-detector"
 VERSION = 1
-
-
-def _plain(value):
-    """numpy scalars/arrays, tuples and paths -> JSON-like Python data (what weights_only loads)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return _plain(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else value
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return json.loads(json.dumps(value, default=str))
 
 
 def save_checkpoint(path, model: CellDetector, *, trained_on: list[str], channel: int, normalization: dict,
@@ -62,9 +41,9 @@ def save_checkpoint(path, model: CellDetector, *, trained_on: list[str], channel
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "trained_on": [str(name) for name in trained_on],
         "channel": int(channel),
-        "normalization": _plain(dict(normalization)),
-        "training": _plain(dict(training)),
-        "metrics": _plain(dict(metrics)),
+        "normalization": plain_data(dict(normalization)),
+        "training": plain_data(dict(training)),
+        "metrics": plain_data(dict(metrics)),
         "voxel_size_trained": None if voxel_size_trained is None else [float(v) for v in voxel_size_trained],
     }
     with atomic_path(path) as tmp:
