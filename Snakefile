@@ -40,6 +40,7 @@ include: "workflow/rules/convert.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/track.smk"
+include: "workflow/rules/dynaclr.smk"
 
 
 rule all:

@@ -1,5 +1,6 @@
-"""The tracking half of the workflow end to end: train -> detect (blocks) -> link (blocks) ->
-lineage -> CTC result -> metrics, on a tiny synthetic 2D series in a temporary working directory.
+"""The workflow end to end on its own tracks: train -> detect (blocks) -> link (blocks) -> lineage
+-> CTC result -> metrics, then patches -> DynaCLR training -> embeddings -> embedding quality, on
+a tiny synthetic 2D series in a temporary working directory.
 
 A few hundred training steps make a modest detector: this checks the wiring, the file formats of the
 interface and the CTC validity, not accuracy (the detector and linker tests measure that).
@@ -31,7 +32,10 @@ def tracked(tmp_path_factory) -> Path:
               "detector": {"train_on": ["tiny"], "frames_per_job": 3, "tile_yx": 64, "overlap_yx": 16, "threshold": 0.3,
                            "training": {"steps": 300, "batch_size": 4, "crop_yx": 64, "base_channels": 8,
                                         "depth": 2, "embedding_dim": 4, "learning_rate": 0.003}},
-              "link": {"pairs_per_job": 4}}
+              "link": {"pairs_per_job": 4},
+              "dynaclr": {"train_on": ["tiny"], "patch": {"size": 24},
+                          "encoder": {"dims": [8, 16], "depths": [1, 1], "projection_dim": 8},
+                          "training": {"steps": 30, "batch_size": 8, "crop": 16, "validate_every": 10}}}
     register(workdir, ["tiny\ttiny2d.yaml\tsynthetic\t\t\t\t\t"], config=yaml.safe_dump(config))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-5000:]
@@ -74,7 +78,28 @@ def test_metrics_are_written(tracked):
 def test_blocks_are_temporary_and_rerun_has_nothing_to_do(tracked):
     assert not list((tracked / "results" / "tiny").glob("detect/*.parquet"))
     assert not list((tracked / "results" / "tiny").glob("link/*.parquet"))
-    for rule in ("train_detector", "detect_block", "link_block", "lineage", "evaluate_tracking"):
+    for rule in ("train_detector", "detect_block", "link_block", "lineage", "evaluate_tracking", "patches",
+                 "train_dynaclr", "embed", "embedding_quality"):
         assert (tracked / "benchmarks" / rule).exists(), rule
     result = snakemake(tracked, "-n")
     assert "Nothing to be done" in result.stdout
+
+
+def test_embeddings_follow_the_interface(tracked):
+    results = tracked / "results" / "tiny"
+    tracks = pd.read_parquet(results / "tracks.parquet")
+    embeddings = pd.read_parquet(results / "embeddings.parquet")
+    assert {"track_id", "t", "z", "y", "x"} <= set(embeddings.columns)
+    assert [c for c in embeddings.columns if c.startswith("f_")] == [f"f_{i}" for i in range(16)]
+    assert [c for c in embeddings.columns if c.startswith("p_")] == [f"p_{i}" for i in range(8)]
+    # One embedding per tracked cell per frame, at the track's position.
+    merged = tracks.merge(embeddings, on=["t", "track_id"], suffixes=("", "_emb"), validate="one_to_one")
+    assert len(merged) == len(tracks) == len(embeddings)
+    assert (merged.y == merged.y_emb).all() and (merged.x == merged.x_emb).all()
+    quality = json.loads((results / "metrics" / "embedding.json").read_text())
+    assert {"smoothness", "dynamic_range", "n_adjacent"} <= set(quality)
+    assert quality["n_cells"] == len(tracks)
+    for figure in ("embedding_distances.png", "embedding_pca.png"):
+        assert (results / "analysis" / figure).read_bytes()[:4] == b"\x89PNG"
+    model_dir = tracked / "results" / "models" / "dynaclr"
+    assert (model_dir / "dynaclr.pt").is_file() and (model_dir / "history.tsv").is_file()

@@ -54,6 +54,7 @@ def all_targets():
             targets += [f"results/{name}/detections.parquet", f"results/{name}/tracks.parquet"]
             if dataset.has_ground_truth:
                 targets += [f"results/{name}/metrics/detection.json", f"results/{name}/metrics/tracking.json"]
+        targets += dynaclr_targets(name, track)
     return targets
 
 
@@ -120,3 +121,51 @@ def tracking_truth_of(wildcards):
     if tra.is_dir():
         return str(tra)
     return f"results/{dataset.name}/ground_truth.parquet"
+
+
+# --- DynaCLR ----------------------------------------------------------------------------------
+
+SHIPPED_DYNACLR = {2: REPO / "workflow" / "models" / "dynaclr_2d.pt", 3: REPO / "workflow" / "models" / "dynaclr_3d.pt"}
+TRAINED_DYNACLR_DIR = f"results/models/{config['dynaclr']['model_name']}"
+TRAINED_DYNACLR = f"{TRAINED_DYNACLR_DIR}/dynaclr.pt"
+
+
+def _check_dynaclr_datasets():
+    unknown = [d for d in config["dynaclr"]["train_on"] if d not in DATASETS]
+    if unknown:
+        raise WorkflowError(f"config dynaclr.train_on: datasets {unknown} are not registered in {config['datasets']}")
+
+
+_check_dynaclr_datasets()
+
+
+def uses_ground_truth_tracks(name):
+    return config["dynaclr"]["tracks"] == "ground_truth" and DATASETS[name].has_ground_truth
+
+
+def patch_tracks_of(wildcards):
+    """The cell positions patches are cut around: predicted tracks or the registered ground truth."""
+    if uses_ground_truth_tracks(wildcards.dataset):
+        return f"results/{wildcards.dataset}/ground_truth.parquet"
+    return f"results/{wildcards.dataset}/tracks.parquet"
+
+
+def dynaclr_available():
+    return bool(config["dynaclr"]["train_on"] or config["dynaclr"]["checkpoint"]
+                or all(path.is_file() for path in SHIPPED_DYNACLR.values()))
+
+
+def dynaclr_checkpoint(wildcards):
+    """The trained encoder if `dynaclr.train_on` is set, else a given or the shipped checkpoint."""
+    if config["dynaclr"]["train_on"]:
+        return TRAINED_DYNACLR
+    if config["dynaclr"]["checkpoint"]:
+        return config["dynaclr"]["checkpoint"]
+    return str(SHIPPED_DYNACLR[3 if converted_image_meta(wildcards).is_3d else 2])
+
+
+def dynaclr_targets(name, track):
+    """Embeddings and their quality metrics where there are tracks to cut patches around."""
+    if not dynaclr_available() or not (track or uses_ground_truth_tracks(name)):
+        return []
+    return [f"results/{name}/embeddings.parquet", f"results/{name}/metrics/embedding.json"]
