@@ -179,10 +179,10 @@ def test_training_settings_round_trip_and_checks():
 def test_embeddings_cover_every_patch_in_store_order(trained, synthetic, tmp_path):
     out, _ = trained
     store = PatchStore(synthetic[1])
-    table = embed_with_checkpoint(synthetic[1], out / "model.pt", tmp_path / "emb.parquet", dataset="ds0",
-                                  batch_size=7)
+    n_rows = embed_with_checkpoint(synthetic[1], out / "model.pt", tmp_path / "emb.parquet", dataset="ds0",
+                                   batch_size=7)  # 7 does not divide the patch count: a short last row group
     written = pd.read_parquet(tmp_path / "emb.parquet")
-    pd.testing.assert_frame_equal(written, table)
+    assert n_rows == len(written)
     features, projections = [f"f_{i}" for i in range(16)], [f"p_{i}" for i in range(8)]
     assert list(written.columns) == list(store.index.columns) + features + projections
     assert len(written) == len(store) == len(synthetic[3])
@@ -199,7 +199,8 @@ def test_embeddings_cover_every_patch_in_store_order(trained, synthetic, tmp_pat
     np.testing.assert_allclose(written.loc[rows, features].to_numpy(), f.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(written.loc[rows, projections].to_numpy(), p.numpy(), rtol=1e-4, atol=1e-5)
 
-    whole = embed_with_checkpoint(synthetic[1], out / "model.pt", tmp_path / "emb2.parquet", batch_size=256)
+    embed_with_checkpoint(synthetic[1], out / "model.pt", tmp_path / "emb2.parquet", batch_size=256)
+    whole = pd.read_parquet(tmp_path / "emb2.parquet")
     np.testing.assert_allclose(whole[features + projections].to_numpy(), values, rtol=1e-4, atol=1e-5)
 
 
