@@ -1,0 +1,1 @@
+"""Downstream analysis of embeddings: classifiers from sparse annotations and DTW pseudo-time."""
