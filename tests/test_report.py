@@ -45,8 +45,8 @@ def test_report_has_every_section_inlined_and_says_what_is_missing(tmp_path):
     (full / "metrics" / "tracking.json").write_text(json.dumps({"TRA": 0.987654, "DET": 0.99, "notes": ["x"]}))
     (full / "metrics" / "embedding.json").write_text(json.dumps({"smoothness": 0.12, "dynamic_range": 1.1}))
     (full / "analysis").mkdir()
-    (full / "analysis" / "classifier_metrics.json").write_text(json.dumps({"reporter_state": {"f1_macro": 0.95}}))
-    for name in ("tracks_montage", "lineage_trees", "embedding_pca", "state_fraction_reporter_state",
+    (full / "analysis" / "classifier_metrics.json").write_text(json.dumps({"reporter_state": {"macro_f1": 0.95}}))
+    for name in ("tracks_montage", "lineage_trees", "embedding_pca", "states/state_fraction_reporter_state",
                  "pseudotime_components"):
         png(full / "analysis" / f"{name}.png")
     bare.mkdir(parents=True)

@@ -207,7 +207,7 @@ def collect_dataset(name: str, folder: str | Path, reasons: Mapping[str, str] | 
             report.tables.setdefault("states", []).append((f"{task}: classifier (cross-validated by track)",
                                                            metrics))
             for pattern, caption in STATE_FIGURES:
-                path = folder / "analysis" / pattern.format(task=task)
+                path = folder / "analysis" / "states" / pattern.format(task=task)
                 if path.is_file():
                     report.figures.setdefault("states", []).append(Figure(path, caption.format(task=task)))
     return report
