@@ -41,6 +41,7 @@ include: "workflow/rules/qc.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/dynaclr.smk"
+include: "workflow/rules/analyze.smk"
 
 
 rule all:

@@ -1,6 +1,7 @@
 """The workflow end to end on its own tracks: train -> detect (blocks) -> link (blocks) -> lineage
--> CTC result -> metrics, then patches -> DynaCLR training -> embeddings -> embedding quality, on
-a tiny synthetic 2D series in a temporary working directory.
+-> CTC result -> metrics, then patches -> DynaCLR training -> embeddings -> embedding quality ->
+annotations derived from the truth -> classifiers -> pseudo-time -> HTML report, on a tiny
+synthetic 2D series in a temporary working directory.
 
 A few hundred training steps make a modest detector: this checks the wiring, the file formats of the
 interface and the CTC validity, not accuracy (the detector and linker tests measure that).
@@ -35,7 +36,8 @@ def tracked(tmp_path_factory) -> Path:
               "link": {"pairs_per_job": 4},
               "dynaclr": {"train_on": ["tiny"], "patch": {"size": 24},
                           "encoder": {"dims": [8, 16], "depths": [1, 1], "projection_dim": 8},
-                          "training": {"steps": 30, "batch_size": 8, "crop": 16, "validate_every": 10}}}
+                          "training": {"steps": 30, "batch_size": 8, "crop": 16, "validate_every": 10}},
+              "analyze": {"annotation_fraction": 0.5, "n_splits": 2}}
     register(workdir, ["tiny\ttiny2d.yaml\tsynthetic\t\t\t\t\t"], config=yaml.safe_dump(config))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-5000:]
@@ -79,7 +81,8 @@ def test_blocks_are_temporary_and_rerun_has_nothing_to_do(tracked):
     assert not list((tracked / "results" / "tiny").glob("detect/*.parquet"))
     assert not list((tracked / "results" / "tiny").glob("link/*.parquet"))
     for rule in ("train_detector", "detect_block", "link_block", "lineage", "evaluate_tracking", "patches",
-                 "train_dynaclr", "embed", "embedding_quality"):
+                 "train_dynaclr", "embed", "embedding_quality", "derive_annotations", "classify", "pseudotime",
+                 "track_figures", "report_html"):
         assert (tracked / "benchmarks" / rule).exists(), rule
     result = snakemake(tracked, "-n")
     assert "Nothing to be done" in result.stdout
@@ -103,3 +106,26 @@ def test_embeddings_follow_the_interface(tracked):
         assert (results / "analysis" / figure).read_bytes()[:4] == b"\x89PNG"
     model_dir = tracked / "results" / "models" / "dynaclr"
     assert (model_dir / "dynaclr.pt").is_file() and (model_dir / "history.tsv").is_file()
+
+
+def test_analysis_predicts_every_cell_and_the_report_has_every_section(tracked):
+    analysis = tracked / "results" / "tiny" / "analysis"
+    embeddings = pd.read_parquet(tracked / "results" / "tiny" / "embeddings.parquet")
+    predictions = pd.read_parquet(analysis / "predictions.parquet")
+    assert len(predictions) == len(embeddings)
+    metrics = json.loads((analysis / "classifier_metrics.json").read_text())
+    fitted = [task for task, values in metrics.items() if "skipped" not in values]
+    for task in fitted:
+        assert f"predicted_{task}" in predictions.columns
+        assert (analysis / "states" / f"state_fraction_{task}.png").is_file()
+    annotations = pd.read_csv(analysis / "annotations.csv")
+    assert {"track_id", "t"} <= set(annotations.columns) and len(annotations) <= len(embeddings)
+    pseudotime = pd.read_parquet(analysis / "pseudotime.parquet")
+    assert {"track_id", "t", "pseudotime", "onset_estimate", "response_group"} <= set(pseudotime.columns)
+    assert pseudotime["pseudotime"].dropna().between(0, 1).all()
+
+    html = (tracked / "results" / "report.html").read_text()
+    for anchor in ("dataset-tiny", "tiny-tracking", "tiny-embeddings", "tiny-states", "tiny-pseudotime",
+                   "parameters", "software"):
+        assert f'id="{anchor}"' in html
+    assert html.count("data:image/png;base64,") >= 4 and "TRA" in html

@@ -44,6 +44,10 @@ def detector_available():
 
 
 def all_targets():
+    return [*per_dataset_targets(), "results/report.html"]
+
+
+def per_dataset_targets():
     targets = []
     track = detector_available()
     for name, dataset in DATASETS.items():
@@ -55,6 +59,7 @@ def all_targets():
             if dataset.has_ground_truth:
                 targets += [f"results/{name}/metrics/detection.json", f"results/{name}/metrics/tracking.json"]
         targets += dynaclr_targets(name, track)
+        targets += analysis_targets(name, track)
     return targets
 
 
@@ -169,3 +174,55 @@ def dynaclr_targets(name, track):
     if not dynaclr_available() or not (track or uses_ground_truth_tracks(name)):
         return []
     return [f"results/{name}/embeddings.parquet", f"results/{name}/metrics/embedding.json"]
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def derives_annotations(name):
+    """No annotations registered, but ground truth to draw sparse ones from (analyze.annotations_from_ground_truth)."""
+    dataset = DATASETS[name]
+    return dataset.annotations is None and dataset.has_ground_truth and config["analyze"]["annotations_from_ground_truth"]
+
+
+def annotations_of(wildcards):
+    """The dataset's annotation CSV: registered, or derived from its ground truth."""
+    dataset = dataset_of(wildcards)
+    if dataset.annotations is not None:
+        return str(dataset.annotations)
+    return f"results/{dataset.name}/analysis/annotations.csv"
+
+
+def true_labels_of(wildcards):
+    """Full ground-truth labels of every embedded cell, where they were derived (to score predictions)."""
+    return f"results/{wildcards.dataset}/analysis/true_labels.parquet" if derives_annotations(wildcards.dataset) else []
+
+
+def classifies(name):
+    return bool(config["analyze"]["classifier"] or DATASETS[name].annotations is not None or derives_annotations(name))
+
+
+def analysis_targets(name, track):
+    """Figures, classifier outputs and pseudo-time of a dataset, as far as its inputs exist."""
+    targets = []
+    if track:
+        targets += [f"results/{name}/analysis/tracks_montage.png", f"results/{name}/analysis/lineage_trees.png"]
+    if dynaclr_targets(name, track) and classifies(name):
+        targets += [f"results/{name}/analysis/predictions.parquet", f"results/{name}/analysis/pseudotime.parquet"]
+    return targets
+
+
+def missing_sections(name, track):
+    """Why the report lacks a section of a dataset (shown in the report instead of the section)."""
+    reasons = {}
+    if not track:
+        reasons["tracking"] = "no detector checkpoint: tracking did not run"
+    if not dynaclr_targets(name, track):
+        reasons["embeddings"] = "no DynaCLR encoder or no tracks: embeddings were not computed"
+    if not classifies(name):
+        reasons["states"] = "no annotations registered (column `annotations` of the dataset sheet) and no ground truth to derive them"
+        reasons["pseudotime"] = "needs predicted states (annotations) to find the transition"
+    return reasons
+
+
+REPORT_INPUTS = per_dataset_targets()

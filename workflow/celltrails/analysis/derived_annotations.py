@@ -21,12 +21,15 @@ Matching is one-to-one per frame within each ground-truth cell's radius
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from celltrails.atomic import atomic_path
 from celltrails.detector.metrics import match_detections
+from celltrails.errors import InputError
 from celltrails.lineage_labels import division_labels
 
 REPORTER_CLASSES = {0: "nuclear", 1: "cytoplasmic"}
@@ -94,3 +97,25 @@ def derive_annotations(tracks: pd.DataFrame, points: pd.DataFrame, voxel_size: S
         annotations = annotations.merge(part, on=["track_id", "t"], how="outer")
     annotations = annotations.sort_values(["t", "track_id"]).reset_index(drop=True)
     return annotations, labelled
+
+
+def write_derived_annotations(tracks: pd.DataFrame, points: pd.DataFrame, voxel_size: Sequence[float],
+                              annotations_path, labels_path, *, fraction: float, max_cells: int, seed: int = 0,
+                              dataset: str = "", logger: logging.Logger | None = None) -> pd.DataFrame:
+    """:func:`derive_annotations` on a track table (predicted, or a ground-truth points table) and write
+    the annotation CSV and the full labels (parquet), both atomically."""
+    logger = logger or logging.getLogger(__name__)
+    if "track_id" not in tracks.columns:  # a ground-truth points table was embedded
+        tracks = tracks.rename(columns={"cell_id": "track_id"})
+    annotations, labelled = derive_annotations(tracks, points, voxel_size, fraction=fraction, max_cells=max_cells,
+                                               seed=seed)
+    if annotations.empty:
+        raise InputError("no tracked cell matches a ground-truth cell: nothing to annotate", dataset=dataset)
+    with atomic_path(annotations_path) as tmp:
+        annotations.to_csv(tmp, index=False)
+    with atomic_path(labels_path) as tmp:
+        labelled.to_parquet(tmp, index=False)
+    counts = {task: annotations[task].value_counts().to_dict() for task in annotations.columns[2:]}
+    logger.info("%s: %d of %d tracked cells annotated from the ground truth: %s", dataset, len(annotations),
+                len(tracks), counts)
+    return annotations

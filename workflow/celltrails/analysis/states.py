@@ -23,6 +23,7 @@ from sklearn.metrics import f1_score
 from celltrails.analysis.classify import (
     ClassifierResult,
     classify_tasks,
+    label_tasks,
     load_annotations,
     load_classifier,
     plot_confusion,
@@ -33,6 +34,7 @@ from celltrails.analysis.classify import (
 )
 from celltrails.atomic import atomic_path
 from celltrails.dynaclr.quality import embedding_pca, feature_matrix, plot_embedding_pca
+from celltrails.errors import InputError
 from celltrails.serialize import plain_data
 
 
@@ -59,30 +61,41 @@ def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out
                    truth_path: str | Path | None = None, classifier_path: str | Path | None = None,
                    settings: Mapping | None = None, dataset: str = "", time_interval: float | None = None,
                    seed: int = 42, logger: logging.Logger | None = None) -> dict:
-    """Fit (or load) the classifiers, predict every cell, score, draw; returns the metrics per task."""
+    """Fit (or load) the classifiers, predict every cell, score, draw; returns the metrics per task.
+
+    A task with too few annotated tracks to cross-validate is skipped with a warning (and a
+    ``skipped`` entry in the metrics) rather than stopping the other tasks.
+    """
     logger = logger or logging.getLogger(__name__)
     settings = dict(settings or {})
     embeddings = pd.read_parquet(embeddings_path)
-    annotations = None
+    annotations, skipped = None, {}
+    results: dict[str, ClassifierResult] = {}
     if classifier_path:
         loaded = load_classifier(classifier_path)
-        results: dict[str, ClassifierResult] = {loaded.task: loaded}
+        results[loaded.task] = loaded
         logger.info("applying the classifier %s (task %s) to %s", classifier_path, loaded.task, dataset)
     else:
         annotations = load_annotations(annotations_path, dataset=dataset)
-        results = classify_tasks(embeddings, annotations, pca_components=settings.get("pca_components"),
-                                 n_splits=settings.get("n_splits", 5), seed=seed, dataset=dataset)
+        for task in label_tasks(annotations):
+            try:
+                results |= classify_tasks(embeddings, annotations, tasks=[task], seed=seed, dataset=dataset,
+                                          pca_components=settings.get("pca_components"),
+                                          n_splits=settings.get("n_splits", 5))
+            except InputError as err:  # too few annotated tracks for this task: the others still run
+                logger.warning("%s: task %s skipped: %s", dataset, task, err)
+                skipped[task] = {"skipped": str(err)}
     truth = pd.read_parquet(truth_path) if truth_path else None
 
-    predictions = None
-    metrics = {}
+    predictions = embeddings[[c for c in embeddings.columns if not c.startswith(("f_", "p_"))]]
+    metrics = dict(skipped)
     figures_dir = Path(figures_dir)
     with atomic_path(figures_dir) as tmp_dir:
         tmp_dir.mkdir()
         coords, explained = embedding_pca(feature_matrix(embeddings), seed=seed)
         for task, result in results.items():
             table = predict_table(result, embeddings, task)
-            predictions = table if predictions is None else predictions.join(
+            predictions = predictions.join(
                 table[[c for c in table.columns if c.startswith((f"predicted_{task}", f"prob_{task}_"))]])
             metrics[task] = dict(result.metrics)
             if truth is not None:
