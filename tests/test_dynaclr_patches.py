@@ -212,16 +212,18 @@ def test_normalization_apply_is_the_formula_by_hand(level):
         assert not np.allclose(out[0], Normalization("dataset", "p5", "p95_p5").apply(patches, stats, NAMES, t)[0])
 
 
-def test_normalization_check_names_the_constant_channel():
+def test_normalization_check_names_the_constant_channel_and_a_flat_frame_falls_back():
     varied = constant_statistics([[1, 2, 3, 4], [2, 3, 4, 9]])
     flat_frame = constant_statistics([[1, 2, 3, 4], [5, 5, 5, 5]])
     Normalization().check(varied, ["a"])
     Normalization(level="dataset").check(flat_frame, ["a"])  # frames differ: the dataset IQR is not 0
-    with pytest.raises(InputError, match=r"dataset 'ds'.*channel 'a'.*timepoint.*'iqr' is 0"):
-        Normalization().check(flat_frame, ["a"], dataset="ds")
+    Normalization().check(flat_frame, ["a"], dataset="ds")  # frame 1's IQR is 0: it takes the dataset's
+    offsets, scales = Normalization().offsets_and_scales(flat_frame, ["a"], np.array([0, 1]))
+    assert offsets[1, 0] == 5 and scales[1, 0] == pytest.approx(flat_frame["a"]["dataset_statistics"]["iqr"])
+    assert scales[0, 0] == pytest.approx(flat_frame["a"]["timepoint_statistics"]["0"]["iqr"])
     constant = constant_statistics([[7, 7, 7, 7], [7, 7, 7, 7]])
-    with pytest.raises(InputError, match=r"channel 'a'.*dataset.*'std' is 0"):
-        Normalization("dataset", "mean", "std").check(constant, ["a"])
+    with pytest.raises(InputError, match=r"dataset 'ds'.*channel 'a'.*'std' is 0 over the whole dataset"):
+        Normalization("dataset", "mean", "std").check(constant, ["a"], dataset="ds")
     with pytest.raises(InputError, match="no normalization statistics for channel 'c'"):
         Normalization().check(varied, ["c"])
 

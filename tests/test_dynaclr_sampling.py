@@ -232,11 +232,11 @@ def test_split_by_lineage_keeps_lineages_whole():
 
 
 @pytest.mark.parametrize("fraction, n_val", [(0.01, 1), (0.5, 1), (0.99, 1), (0.0, 0)])
-def test_split_by_lineage_leaves_a_lineage_on_each_side_when_it_can(fraction, n_val):
+def test_split_by_lineage_keeps_two_lineages_for_training(fraction, n_val):
+    three = make_index({1: (-1, 0, 3, ()), 2: (1, 4, 5, ()), 4: (-1, 0, 2, ()), 6: (-1, 0, 2, ())})
+    train, val = split_by_lineage(three, fraction, seed=1)
+    lineage = three.lineage_id.to_numpy()
+    assert len(set(lineage[val])) == n_val and len(set(lineage[train])) == 3 - n_val
     two = make_index({1: (-1, 0, 3, ()), 2: (1, 4, 5, ()), 4: (-1, 0, 2, ())})  # two lineages: 1 and 4
     train, val = split_by_lineage(two, fraction, seed=1)
-    lineage = two.lineage_id.to_numpy()
-    assert len(set(lineage[val])) == n_val and len(set(lineage[train])) == 2 - n_val
-    one = make_index({1: (-1, 0, 3, ()), 2: (1, 4, 5, ())})
-    train, val = split_by_lineage(one, fraction, seed=1)
-    assert val.size == 0 and train.size == len(one)
+    assert val.size == 0 and train.size == len(two)  # both are needed for training

@@ -115,7 +115,7 @@ def test_training_writes_checkpoint_history_and_curve(trained, synthetic):
     model, meta = load_checkpoint(out / "model.pt")
     store = PatchStore(synthetic[1])
     assert meta["channels"] == store.channel_names == ["a", "b"]
-    assert meta["patch"] == {"size": 24, "z_window": 1, "crop": 16}
+    assert meta["patch"] == {"size": 24, "z_window": 1, "crop": 16, "downsample_yx": 1}
     assert meta["normalization"] == NORMALIZATION
     assert meta["trained_on"] == ["ds0"]
     assert meta["config"].dims == (8, 16) and meta["config"].in_channels == 2

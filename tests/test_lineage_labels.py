@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from celltrails.lineage_labels import INTERPHASE, MITOSIS, division_labels
+from celltrails.lineage_labels import INTERPHASE, MITOSIS, dividing_tracks, division_labels
 
 
 def lineage() -> pd.DataFrame:
@@ -36,3 +36,13 @@ def test_after_zero_labels_only_the_mother():
 def test_margin_must_cover_the_mitotic_frames():
     with pytest.raises(ValueError, match="margin"):
         division_labels(lineage(), before=3, margin=2)
+
+
+def test_a_closed_gap_is_not_a_division():
+    """The linker continues a cell after a gap as a new track whose only child-link is the old one."""
+    rows = [(t, 1, -1) for t in range(10)] + [(t, 2, 1) for t in range(11, 21)]
+    tracks = pd.DataFrame(rows, columns=["t", "track_id", "parent_track_id"])
+    labels = division_labels(tracks)
+    assert (labels == INTERPHASE).all()
+    assert list(dividing_tracks(tracks)) == []
+    assert list(dividing_tracks(lineage())) == [1]

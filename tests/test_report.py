@@ -45,7 +45,7 @@ def test_report_has_every_section_inlined_and_says_what_is_missing(tmp_path):
     (full / "metrics" / "tracking.json").write_text(json.dumps({"TRA": 0.987654, "DET": 0.99, "notes": ["x"]}))
     (full / "metrics" / "embedding.json").write_text(json.dumps({"smoothness": 0.12, "dynamic_range": 1.1}))
     (full / "analysis").mkdir()
-    (full / "analysis" / "classifier_metrics.json").write_text(json.dumps({"reporter_state": {"macro_f1": 0.95}}))
+    (full / "analysis" / "classifier_metrics.json").write_text(json.dumps({"reporter_state": {"macro_f1": 0.95, "agreement_with_truth": {"macro_f1": 0.9321}}}))
     for name in ("tracks_montage", "lineage_trees", "embedding_pca", "states/state_fraction_reporter_state",
                  "pseudotime_components"):
         png(full / "analysis" / f"{name}.png")
@@ -65,6 +65,7 @@ def test_report_has_every_section_inlined_and_says_what_is_missing(tmp_path):
     assert len(outline.images) == 5 and all(src.startswith("data:image/png;base64,") for src in outline.images)
     assert outline.external == []  # opens offline
     assert "0.9877" in text and "TRA" in text and "reporter_state" in text
+    assert "agreement_with_truth.macro_f1" in text and "0.9321" in text  # nested metrics are shown
     assert "no annotations registered" in text  # a missing section says why
     assert "torch" in text and "seed" in text  # versions and parameters
     assert not list(out.parent.glob(".report*"))  # written atomically

@@ -48,3 +48,9 @@ def test_division_paths_join_a_mother_and_one_daughter():
     assert path.t.tolist() == list(range(9)) and set(path.source_track_id) == {1, 2}  # the smaller daughter id
     empty, none = division_trajectories(table[table.track_id == 4])
     assert empty.empty and none == {}
+
+
+def test_a_closed_gap_gives_no_division_path():
+    rows = [(t, 1, -1) for t in range(5)] + [(t, 2, 1) for t in range(6, 10)]
+    paths, onsets = division_trajectories(pd.DataFrame(rows, columns=["t", "track_id", "parent_track_id"]))
+    assert paths.empty and onsets == {}

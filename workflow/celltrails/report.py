@@ -103,9 +103,20 @@ def _number(value) -> str:
     return html.escape(str(value))
 
 
+def _flatten(values: Mapping, prefix: str = "") -> dict:
+    """Nested metrics as ``outer.inner`` rows (lists, e.g. confusion matrices, are left out)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        elif not isinstance(value, (list, tuple)):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _table(title: str, values: Mapping) -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_number(v)}</td></tr>" for k, v in values.items()
-                   if not isinstance(v, (dict, list)))
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_number(v)}</td></tr>"
+                   for k, v in _flatten(values).items())
     return f"<h4>{html.escape(title)}</h4><table><tr><th>quantity</th><th>value</th></tr>{rows}</table>"
 
 

@@ -43,7 +43,10 @@ rule classify:
             subcategory="{dataset}",
         ),
     params:
-        settings=config["analyze"],
+        classifier=config["analyze"]["classifier"],
+        pca_components=config["analyze"]["pca_components"],
+        n_splits=config["analyze"]["n_splits"],
+        time_known=lambda wc: dataset_of(wc).is_synthetic or dataset_of(wc).time_interval is not None,
         seed=config["seed"],
     log:
         "logs/classify/{dataset}.log",

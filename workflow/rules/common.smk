@@ -139,6 +139,9 @@ def _check_dynaclr_datasets():
     unknown = [d for d in config["dynaclr"]["train_on"] if d not in DATASETS]
     if unknown:
         raise WorkflowError(f"config dynaclr.train_on: datasets {unknown} are not registered in {config['datasets']}")
+    if config["dynaclr"]["model_name"] == config["detector"]["model_name"]:
+        raise WorkflowError(f"config: detector.model_name and dynaclr.model_name are both "
+                            f"{config['detector']['model_name']!r}; both models land in results/models/<name>/")
 
 
 _check_dynaclr_datasets()

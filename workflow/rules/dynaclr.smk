@@ -8,7 +8,8 @@ rule patches:
     output:
         directory("results/{dataset}/patches"),
     params:
-        settings=config["dynaclr"],
+        patch=config["dynaclr"]["patch"],
+        channels=config["dynaclr"]["channels"],
         seed=config["seed"],
     log:
         "logs/patches/{dataset}.log",
@@ -36,7 +37,10 @@ rule train_dynaclr:
         ),
     params:
         datasets=config["dynaclr"]["train_on"],
-        settings=config["dynaclr"],
+        training=config["dynaclr"]["training"],
+        encoder=config["dynaclr"]["encoder"],
+        normalization=config["dynaclr"]["normalization"],
+        time_known=[DATASETS[d].is_synthetic or DATASETS[d].time_interval is not None for d in config["dynaclr"]["train_on"]],
         seed=config["seed"],
     threads: 2
     log:

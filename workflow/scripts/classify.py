@@ -6,7 +6,8 @@ from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
 
 with script_logging(snakemake.log[0]) as log:
-    settings = snakemake.params.settings
+    params = snakemake.params
+    meta = read_image_meta(snakemake.input.image)
     analyse_states(
         snakemake.input.embeddings,
         snakemake.output.predictions,
@@ -14,10 +15,10 @@ with script_logging(snakemake.log[0]) as log:
         snakemake.output.figures,
         annotations_path=snakemake.input.annotations or None,
         truth_path=snakemake.input.labels or None,
-        classifier_path=settings["classifier"],
-        settings=settings,
+        classifier_path=params.classifier,
+        settings={"pca_components": params.pca_components, "n_splits": params.n_splits},
         dataset=snakemake.wildcards.dataset,
-        time_interval=read_image_meta(snakemake.input.image).time_interval,
-        seed=snakemake.params.seed,
+        time_interval=meta.time_interval if params.time_known else None,  # else frames on the time axis
+        seed=params.seed,
         logger=log,
     )

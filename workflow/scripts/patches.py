@@ -7,11 +7,10 @@ from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
 
 with script_logging(snakemake.log[0]) as log:
-    settings, dataset = snakemake.params.settings, snakemake.wildcards.dataset
+    patch, dataset = snakemake.params.patch, snakemake.wildcards.dataset
     tracks = pd.read_parquet(snakemake.input.tracks)
     if "track_id" not in tracks.columns:  # a ground-truth points table
         tracks = tracks_from_ground_truth(tracks)
-    patch = settings["patch"]
     z_window = patch["z_window"] if read_image_meta(snakemake.input.image).is_3d else 1
     extract_patches(
         snakemake.input.image,
@@ -19,7 +18,7 @@ with script_logging(snakemake.log[0]) as log:
         snakemake.output[0],
         PatchSpec(size=patch["size"], z_window=z_window, border=patch["border"],
                   downsample_yx=patch["downsample_yx"]),
-        channels=settings["channels"],
+        channels=snakemake.params.channels,
         chunk_patches=patch["chunk_patches"],
         stats_stride=patch["stats_stride"],
         seed=snakemake.params.seed,

@@ -22,7 +22,9 @@ from sklearn.metrics import f1_score
 
 from celltrails.analysis.classify import (
     ClassifierResult,
-    classify_tasks,
+    annotated_rows,
+    feature_columns,
+    fit_classifier,
     label_tasks,
     load_annotations,
     load_classifier,
@@ -56,6 +58,31 @@ def agreement_with_truth(predictions: pd.DataFrame, truth: pd.DataFrame, task: s
             "accuracy": float((true == predicted).mean()), "n_cells": len(merged)}
 
 
+class TooFewAnnotations(InputError):
+    """A task's annotations cannot be cross-validated (one class, or a class in too few groups)."""
+
+
+def fit_task(embeddings: pd.DataFrame, annotations: pd.DataFrame, task: str, settings: Mapping, seed: int,
+             dataset: str) -> ClassifierResult:
+    """One task's classifier, folds grouped by lineage (a mother and her daughters, whose frames
+    around a division look alike, stay in one fold) or, with too few lineages, by track."""
+    rows, labels = annotated_rows(embeddings, annotations, task, dataset=dataset)  # no match at all: raises
+    X = feature_matrix(embeddings)[rows]
+    problems = []
+    for group_by in [c for c in ("lineage_id", "track_id") if c in embeddings.columns]:
+        try:
+            result = fit_classifier(X, labels, embeddings[group_by].to_numpy()[rows],
+                                    pca_components=settings.get("pca_components"),
+                                    n_splits=settings.get("n_splits", 5), seed=seed, task=task,
+                                    feature_columns=feature_columns(embeddings))
+        except InputError as err:
+            problems.append(f"grouped by {group_by}: {err}")
+            continue
+        result.metrics["folds_grouped_by"] = group_by
+        return result
+    raise TooFewAnnotations("; ".join(problems), dataset=dataset)
+
+
 def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out_metrics: str | Path,
                    figures_dir: str | Path, *, annotations_path: str | Path | None = None,
                    truth_path: str | Path | None = None, classifier_path: str | Path | None = None,
@@ -63,8 +90,9 @@ def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out
                    seed: int = 42, logger: logging.Logger | None = None) -> dict:
     """Fit (or load) the classifiers, predict every cell, score, draw; returns the metrics per task.
 
-    A task with too few annotated tracks to cross-validate is skipped with a warning (and a
-    ``skipped`` entry in the metrics) rather than stopping the other tasks.
+    A task with too few annotated tracks (or one class) to cross-validate is skipped with a warning
+    (and a ``skipped`` entry in the metrics) rather than stopping the other tasks; annotations
+    that match no cell at all are an error.
     """
     logger = logger or logging.getLogger(__name__)
     settings = dict(settings or {})
@@ -79,10 +107,8 @@ def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out
         annotations = load_annotations(annotations_path, dataset=dataset)
         for task in label_tasks(annotations):
             try:
-                results |= classify_tasks(embeddings, annotations, tasks=[task], seed=seed, dataset=dataset,
-                                          pca_components=settings.get("pca_components"),
-                                          n_splits=settings.get("n_splits", 5))
-            except InputError as err:  # too few annotated tracks for this task: the others still run
+                results[task] = fit_task(embeddings, annotations, task, settings, seed, dataset)
+            except TooFewAnnotations as err:  # this task cannot be cross-validated: the others still run
                 logger.warning("%s: task %s skipped: %s", dataset, task, err)
                 skipped[task] = {"skipped": str(err)}
     truth = pd.read_parquet(truth_path) if truth_path else None

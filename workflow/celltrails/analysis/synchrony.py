@@ -40,6 +40,8 @@ from celltrails.analysis.transitions import (
     predicted_switch_onsets,
 )
 from celltrails.atomic import atomic_path
+from celltrails.errors import InputError
+from celltrails.lineage_labels import dividing_tracks
 from celltrails.serialize import plain_data
 
 OUTPUT_COLUMNS = ["track_id", "t", "pseudotime", "alignment_region", "dtw_cost", "length_normalized_cost",
@@ -52,7 +54,7 @@ def choose_transition(requested: str, task: str, predictions: pd.DataFrame, embe
         return requested
     if f"predicted_{task}" in predictions.columns:
         return "state"
-    if (embeddings["parent_track_id"] >= 0).any():
+    if len(dividing_tracks(embeddings)):
         return "division"
     return "none"
 
@@ -107,13 +109,19 @@ def analyse_pseudotime(embeddings_path: str | Path, predictions_path: str | Path
     table, onsets, track_column = embeddings, {}, "track_id"
     if transition == "state":
         if f"predicted_{task}" not in predictions.columns:
-            raise ValueError(f"pseudotime task {task!r} has no predictions; the tasks are "
-                             f"{[c[len('predicted_'):] for c in predictions.columns if c.startswith('predicted_')]}")
+            raise InputError(f"analyze.pseudotime.task {task!r} has no predictions; the predicted tasks are "
+                             f"{[c[len('predicted_'):] for c in predictions.columns if c.startswith('predicted_')]}",
+                             dataset=dataset, path=predictions_path)
         annotated = {}
         if annotations_path:
             annotations = load_annotations(annotations_path, dataset=dataset)
             if task in annotations.columns:
                 annotated = annotated_switch_onsets(annotations, task, from_class, to_class)
+        known = set(embeddings["track_id"])
+        unknown = sorted(set(annotated) - known)
+        if unknown:
+            logger.warning("%s: annotated switches of tracks %s match no embedded track; not used", dataset, unknown[:5])
+        annotated = {track: onset for track, onset in annotated.items() if track in known}
         onsets, source = choose_onsets(annotated, predicted_switch_onsets(predictions, task, from_class, to_class))
         summary |= {"task": task, "from_class": from_class, "to_class": to_class, "reference_source": source}
     elif transition == "division":

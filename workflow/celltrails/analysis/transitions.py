@@ -9,7 +9,8 @@ Two kinds of transition:
   the first frame of the ``to_class`` run. Annotated transitions (a track annotated with both
   classes, the earlier one before the later) are used first when there are enough of them.
 * **a division** (digital synchronisation around mitosis, as in the DynaCLR paper): a cell's
-  trajectory through a division is the mother track followed by one of its daughters (the one
+  trajectory through a division (a track with two or more daughters; a single child is a closed
+  gap) is the mother track followed by one of its daughters (the one
   with the smaller track id, so the choice is reproducible); its onset is the daughter's first frame.
   Each such path becomes one sequence with its own ``trajectory_id``.
 """
@@ -20,6 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+
+from celltrails.lineage_labels import dividing_tracks
 
 SWITCH_MAJORITY = 0.8
 
@@ -75,7 +78,8 @@ def division_trajectories(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, 
     ``track_id`` kept as ``source_track_id``, ``{trajectory_id: onset}`` = the daughter's first frame).
     """
     spans = table.groupby("track_id")["t"].agg(["min", "max"])
-    parents = (table.loc[table["parent_track_id"] >= 0, ["track_id", "parent_track_id"]].drop_duplicates()
+    mothers = dividing_tracks(table)
+    parents = (table.loc[table["parent_track_id"].isin(mothers), ["track_id", "parent_track_id"]].drop_duplicates()
                .sort_values("track_id"))
     chosen = parents.drop_duplicates("parent_track_id", keep="first")
     chosen = chosen[chosen["parent_track_id"].isin(spans.index)]

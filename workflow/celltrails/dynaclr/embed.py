@@ -40,6 +40,10 @@ def check_compatible(store: PatchStore, meta: Mapping, dataset: str = "") -> Non
         raise InputError(f"the encoder takes a z window of {patch['z_window']} slices, the patches have {z_window}; "
                          "use a checkpoint of the right dimensionality or set dynaclr.patch.z_window",
                          dataset=dataset, path=store.folder)
+    if int(store.attrs.get("downsample_yx", 1)) != int(patch.get("downsample_yx", 1)):
+        raise InputError(f"the encoder was trained on patches downsampled {patch.get('downsample_yx', 1)}x, these "
+                         f"are downsampled {store.attrs.get('downsample_yx', 1)}x: set dynaclr.patch.downsample_yx to "
+                         "match (cells must look the same size)", dataset=dataset, path=store.folder)
     if size < patch["crop"]:
         raise InputError(f"patches of {size} px are smaller than the encoder input {patch['crop']} px",
                          dataset=dataset, path=store.folder)
@@ -65,12 +69,6 @@ def iter_embeddings(store: PatchStore, model: ContrastiveEncoder, meta: Mapping,
             columns |= {f"p_{i}": projections[:, i] for i in range(projections.shape[1])}
             yield pd.concat([index.iloc[rows].reset_index(drop=True), pd.DataFrame(columns)], axis=1)
             progress.advance(len(rows))
-
-
-def embed_store(store: PatchStore, model: ContrastiveEncoder, meta: Mapping, device: str = "cpu",
-                batch_size: int = 256, logger: logging.Logger | None = None) -> pd.DataFrame:
-    """Features and projections of every patch of ``store``, with the index columns, as one table."""
-    return pd.concat(list(iter_embeddings(store, model, meta, device, batch_size, logger)), ignore_index=True)
 
 
 def embed_with_checkpoint(patches: str | Path, checkpoint: str | Path, out: str | Path, *, dataset: str = "",

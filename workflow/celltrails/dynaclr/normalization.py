@@ -127,21 +127,23 @@ class Normalization:
         return {"level": self.level, "subtrahend": self.subtrahend, "divisor": self.divisor}
 
     def check(self, statistics: Mapping, channel_names: Sequence[str], dataset: str = "") -> None:
-        """Raise if a channel lacks statistics or its divisor is zero somewhere (a constant channel)."""
+        """Raise if a channel lacks statistics or its dataset-level divisor is zero.
+
+        A frame whose own divisor is zero (mostly one value: a blank frame, or a sparse image on a
+        flat background) falls back to the dataset's divisor (see :meth:`offsets_and_scales`).
+        """
         for name in channel_names:
             if name not in statistics:
                 raise InputError(f"no normalization statistics for channel {name!r}", dataset=dataset)
-            channel = statistics[name]
-            levels = ([channel["dataset_statistics"]] if self.level == "dataset"
-                      else list(channel["timepoint_statistics"].values()))
-            if any(stats[self.divisor] <= 0 for stats in levels):
-                raise InputError(f"channel {name!r}: the {self.level} statistic {self.divisor!r} is 0 (a constant "
-                                 f"channel or frame); choose another dynaclr.normalization.divisor",
-                                 dataset=dataset)
+            if statistics[name]["dataset_statistics"][self.divisor] <= 0:
+                raise InputError(f"channel {name!r}: the statistic {self.divisor!r} is 0 over the whole dataset (at "
+                                 "least 3/4 of the sampled pixels share one value for the IQR); choose another "
+                                 "dynaclr.normalization.divisor, e.g. p99_p1 or std", dataset=dataset)
 
     def offsets_and_scales(self, statistics: Mapping, channel_names: Sequence[str],
                            t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(offset, scale)`` arrays of shape ``(len(t), C)`` for patches of frames ``t``."""
+        """``(offset, scale)`` arrays of shape ``(len(t), C)`` for patches of frames ``t``; a frame whose
+        divisor is 0 takes the dataset's."""
         t = np.asarray(t, dtype=np.int64)
         offsets = np.empty((t.size, len(channel_names)), np.float32)
         scales = np.empty_like(offsets)
@@ -153,9 +155,11 @@ class Normalization:
                 scales[:, c] = stats[self.divisor] + EPSILON
             else:
                 per_t = channel["timepoint_statistics"]
+                fallback = channel["dataset_statistics"][self.divisor]
                 frames = np.unique(t)
                 lookup_offset = {f: per_t[str(f)][self.subtrahend] for f in frames}
-                lookup_scale = {f: per_t[str(f)][self.divisor] + EPSILON for f in frames}
+                lookup_scale = {f: (per_t[str(f)][self.divisor] if per_t[str(f)][self.divisor] > 0 else fallback)
+                                + EPSILON for f in frames}
                 offsets[:, c] = [lookup_offset[f] for f in t]
                 scales[:, c] = [lookup_scale[f] for f in t]
         return offsets, scales

@@ -132,12 +132,15 @@ class ContrastiveSampler:
                 return int(self.rng.choice(others))
         raise ValueError("all patches belong to one lineage: there is no negative to draw")
 
-    def batch(self, batch_size: int) -> Batch:
-        """One batch; smaller than ``batch_size`` only if there are fewer tracks than that."""
+    def batch(self, batch_size: int, negatives: bool = True) -> Batch:
+        """One batch; smaller than ``batch_size`` only if there are fewer tracks than that.
+
+        ``negatives=False`` leaves ``Batch.negative`` empty (NT-Xent takes its negatives from the batch).
+        """
         anchors = self._pick_anchors(batch_size)
         positives = np.array([self._positive(int(r)) for r in anchors], dtype=np.int64)
-        negatives = np.array([self._negative(int(a), int(p)) for a, p in zip(anchors, positives)], dtype=np.int64)
-        return Batch(anchors, positives, negatives)
+        drawn = [self._negative(int(a), int(p)) for a, p in zip(anchors, positives)] if negatives else []
+        return Batch(anchors, positives, np.array(drawn, dtype=np.int64))
 
     def same_group(self, batch: Batch) -> np.ndarray:
         """``(B, B)`` bool: examples i and j come from one lineage (not negatives of each other)."""
@@ -168,15 +171,20 @@ def _descendant_rows(track: int, t: int, row_of: dict[tuple[int, int], int],
     return found
 
 
+MIN_TRAINING_LINEAGES = 2  # a contrastive batch needs cells of another lineage as negatives
+
+
 def split_by_lineage(index: pd.DataFrame, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation rows with whole lineages on one side (no cell seen in both)."""
+    """Training and validation rows with whole lineages on one side (no cell seen in both).
+
+    Validation gets at least one lineage when asked for, but never so many that fewer than two
+    remain for training (then there is no validation).
+    """
     lineages = np.unique(index["lineage_id"].to_numpy())
     rng = np.random.default_rng(seed)
     n_val = round(validation_fraction * int(lineages.size))
-    if validation_fraction > 0 and lineages.size >= 2:
-        n_val = min(max(n_val, 1), lineages.size - 1)
-    else:
-        n_val = 0
+    spare = lineages.size - MIN_TRAINING_LINEAGES
+    n_val = min(max(n_val, 1), spare) if validation_fraction > 0 and spare > 0 else 0
     held_out = rng.choice(lineages, n_val, replace=False)
     is_val = index["lineage_id"].isin(held_out).to_numpy()
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -39,7 +39,8 @@ from celltrails.dynaclr.losses import LOSSES, nt_xent, triplet
 from celltrails.dynaclr.model import ContrastiveEncoder, EncoderConfig, encoder_config
 from celltrails.dynaclr.normalization import Normalization
 from celltrails.dynaclr.patches import PatchStore
-from celltrails.dynaclr.sampling import Batch, ContrastiveSampler, split_by_lineage
+from celltrails.dynaclr.sampling import MIN_TRAINING_LINEAGES, Batch, ContrastiveSampler, split_by_lineage
+from celltrails.errors import InputError
 from celltrails.logs import ProgressLog
 
 
@@ -108,7 +109,8 @@ class PatchPool:
             raise ValueError("no patch stores to train on")
         first = stores[0]
         for store, name in zip(stores[1:], names[1:]):
-            if store.channel_names != first.channel_names or store.patch_shape != first.patch_shape:
+            if (store.channel_names != first.channel_names or store.patch_shape != first.patch_shape
+                    or store.attrs.get("downsample_yx", 1) != first.attrs.get("downsample_yx", 1)):
                 raise ValueError(f"dataset {name!r}: patches {store.channel_names} {store.patch_shape} differ from "
                                  f"{names[0]!r}'s {first.channel_names} {first.patch_shape}; train on datasets "
                                  "with the same channels and patch sizes")
@@ -135,6 +137,10 @@ class PatchPool:
     @property
     def patch_shape(self) -> tuple[int, ...]:
         return self.stores[0].patch_shape
+
+    @property
+    def downsample_yx(self) -> int:
+        return int(self.stores[0].attrs.get("downsample_yx", 1))
 
     def cache_if_fits(self, cache_mb: float, logger: logging.Logger) -> None:
         total = sum(store.nbytes for store in self.stores)
@@ -252,13 +258,18 @@ def _train(stores, names, out_checkpoint, settings: TrainingSettings, encoder_op
     config = _encoder_for(pool, encoder_options, settings.crop)
     pool.cache_if_fits(settings.cache_mb, logger)
 
+    n_lineages = pool.index["lineage_id"].nunique()
+    if n_lineages < MIN_TRAINING_LINEAGES:
+        raise InputError(f"the patches of {list(names)} hold {n_lineages} lineage: contrastive training needs cells "
+                         f"of at least {MIN_TRAINING_LINEAGES} lineages (negatives); train on more data")
     train_rows, val_rows = split_by_lineage(pool.index, settings.validation_fraction, seed)
     sampler = ContrastiveSampler(pool.index, settings.sampling, train_rows, settings.tau, seed=seed)
     val_batches, val_sampler = [], None
     if val_rows.size:
         try:
             val_sampler = ContrastiveSampler(pool.index, settings.sampling, val_rows, settings.tau, seed=seed + 1)
-            val_batches = [val_sampler.batch(settings.batch_size) for _ in range(settings.validation_batches)]
+            val_batches = [val_sampler.batch(settings.batch_size, negatives=settings.loss == "triplet")
+                           for _ in range(settings.validation_batches)]
             val_batches = [b for b in val_batches if len(b.anchor) >= 2]
         except ValueError as err:  # e.g. no held-out track long enough for tau
             logger.warning("no validation: %s", err)
@@ -283,7 +294,7 @@ def _train(stores, names, out_checkpoint, settings: TrainingSettings, encoder_op
     start = time.perf_counter()
     model.train()
     for step in range(1, settings.steps + 1):
-        batch = sampler.batch(settings.batch_size)
+        batch = sampler.batch(settings.batch_size, negatives=settings.loss == "triplet")
         views = _views(pool, batch, normalization, settings.loss == "triplet", settings.crop, settings.augment,
                        generator, device)
         loss, _, _ = _loss(model, views, torch.from_numpy(sampler.same_group(batch)).to(device), settings)
@@ -324,7 +335,8 @@ def _train(stores, names, out_checkpoint, settings: TrainingSettings, encoder_op
                                      "val_patches": int(val_rows.size)}
     model.eval()
     save_checkpoint(out_checkpoint, model, channels=pool.channel_names,
-                    patch={"size": pool.patch_shape[2], "z_window": pool.patch_shape[1], "crop": settings.crop},
+                    patch={"size": pool.patch_shape[2], "z_window": pool.patch_shape[1], "crop": settings.crop,
+                           "downsample_yx": pool.downsample_yx},
                     normalization=normalization, trained_on=list(names), training=training, metrics=metrics)
     logger.info("DynaCLR training done in %.0f s (%.3f s/step); checkpoint from step %d (%s) -> %s", elapsed,
                 elapsed / settings.steps, chosen["step"], metrics["selected"], out_checkpoint)
