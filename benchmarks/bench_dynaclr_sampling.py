@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["classical", "time_aware"])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--patch-size", type=int, default=48)
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--z-window", type=int, default=5)
@@ -99,7 +100,8 @@ def main() -> None:
     test_patches = patches_for(args.test, args.work, args.patch_size, args.z_window, args.downsample,
                                 args.channels)
     results = {"train": str(args.train), "test": str(args.test), "label": args.label, "steps": args.steps,
-               "batch_size": args.batch_size, "patch_size": args.patch_size, "downsample_yx": args.downsample,
+               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "patch_size": args.patch_size,
+               "downsample_yx": args.downsample,
                "crop": args.crop, "seed": args.seed,
                "modes": {}}
     for mode in args.modes:
@@ -107,7 +109,8 @@ def main() -> None:
         start = time.perf_counter()
         metrics = train_dynaclr([PatchStore(train_patches)], [args.train.name], checkpoint,
                                 settings=TrainingSettings(steps=args.steps, batch_size=args.batch_size,
-                                                          sampling=mode, crop=args.crop),
+                                                          learning_rate=args.learning_rate, sampling=mode,
+                                                          crop=args.crop),
                                 seed=args.seed, threads=args.threads, log_dir=args.work / f"log_{mode}", logger=log)
         train_seconds = time.perf_counter() - start
         embedded = {}

@@ -50,7 +50,7 @@ class TrainingSettings:
 
     steps: int = 1000
     batch_size: int = 64
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     weight_decay: float = 0.01
     loss: str = "ntxent"
     temperature: float = 0.2
