@@ -69,3 +69,18 @@ def test_division_paths_are_aligned_around_the_division(tmp_path):
     assert spread["n_paths"] >= 10 and spread["iqr"] <= 0.15  # divisions land at one pseudo-time
     table = pd.read_parquet(tmp_path / "pt.parquet")
     assert {"trajectory_id", "track_id"} <= set(table.columns)
+
+
+def test_a_named_reference_track_is_the_template(tmp_path):
+    embeddings, predictions, truth = switching_cells(seed=2)
+    embeddings.to_parquet(tmp_path / "emb.parquet")
+    predictions.to_parquet(tmp_path / "pred.parquet")
+    truth.to_parquet(tmp_path / "truth.parquet")
+    reference = int(truth.query("true_onset >= 10 and true_onset <= 20").track_id.iloc[0])
+    onset = int(truth.query("track_id == @reference").true_onset.iloc[0])
+    settings = SETTINGS | {"reference_track": reference, "reference_onset": onset}
+    summary = analyse_pseudotime(tmp_path / "emb.parquet", tmp_path / "pred.parquet", tmp_path / "pt.parquet",
+                                 tmp_path / "summary.json", tmp_path / "c.png", tmp_path / "e.png",
+                                 settings=settings, truth_path=tmp_path / "truth.parquet", dataset="toy")
+    assert summary["reference_source"] == f"track_id {reference}" and summary["template_length"] == 30
+    assert summary["true_onset"]["spearman"] >= 0.8

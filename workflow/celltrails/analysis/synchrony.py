@@ -131,11 +131,20 @@ def analyse_pseudotime(embeddings_path: str | Path, predictions_path: str | Path
     summary["n_references"] = len(onsets)
 
     pt_settings = PseudotimeSettings(n_components=settings["n_components"], window=settings["window"], seed=seed)
+    reference = settings.get("reference_track")
+    if reference is not None and transition != "none":
+        if reference not in set(table[track_column]):
+            raise InputError(f"analyze.pseudotime.reference_track {reference} is not a {track_column} of the "
+                             "embeddings", dataset=dataset, path=embeddings_path)
+        references = {"reference_track": reference, "reference_track_onset": settings.get("reference_onset")}
+        summary |= {"reference_source": f"{track_column} {reference}", "n_references": 1}
+    else:
+        references = {"reference_onsets": onsets}
     aligned = None
-    if onsets:
+    if onsets or reference is not None:
         try:
-            aligned, template = align_tracks(table, pt_settings, reference_onsets=onsets, track_column=track_column,
-                                             logger=logger)
+            aligned, template = align_tracks(table, pt_settings, track_column=track_column, logger=logger,
+                                             **references)
             summary["template_length"] = len(template)
         except ValueError as err:  # e.g. no reference track long enough around its onset
             summary["note"] = str(err)
