@@ -105,7 +105,7 @@ _logger = logging.getLogger(__name__)
 class PseudotimeSettings:
     """Parameters of the DTW pseudo-time alignment; defaults follow VisCy where it has one."""
 
-    n_components: int = 8  # PCA components after z-scoring (rows are then L2-normalised)
+    n_components: int = 20  # PCA components after z-scoring (rows are then L2-normalised)
     window: int = 6  # reference tracks are cropped to [onset - window, onset + window] (rows)
     max_iter: int = 30  # DBA iterations (tslearn default, as VisCy)
     tol: float = 1e-5  # DBA convergence tolerance (tslearn default, as VisCy)
