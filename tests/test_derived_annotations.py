@@ -59,3 +59,12 @@ def test_derive_annotations_respects_the_fraction():
     merged = annotations.merge(labelled, on=["track_id", "t"], suffixes=("", "_truth"))
     known = merged.reporter_state.notna()
     assert (merged.reporter_state[known] == merged.reporter_state_truth[known]).all()
+
+
+def test_a_points_table_without_radii_matches_within_the_tracked_radius():
+    with_radii = truth()
+    points = with_radii.assign(radius=float("nan"))
+    tracks = points.rename(columns={"cell_id": "track_id"})[["t", "z", "y", "x", "track_id"]].assign(radius=3.0)
+    tracks["y"] += 1.0
+    labelled = transfer_labels(tracks, points)
+    pd.testing.assert_frame_equal(labelled, transfer_labels(tracks, with_radii))  # same cells matched

@@ -2,7 +2,7 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 import pandas as pd
-from celltrails.detector.metrics import embedding_successor_accuracy, match_detections
+from celltrails.detector.metrics import embedding_successor_accuracy, match_detections, reach_without_radii
 from celltrails.evaluate import write_metrics
 from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
@@ -12,11 +12,9 @@ with script_logging(snakemake.log[0]) as log:
     detections = pd.read_parquet(snakemake.input.detections)
     truth = pd.read_parquet(snakemake.input.ground_truth)
     # Matching reach: each ground-truth cell's radius; a points table without radii gets the median
-    # detected radius (or 5 px when nothing was detected), in micrometres.
-    reach = None
-    if truth.radius.isna().any():
-        typical_px = float(detections.radius.median()) if len(detections) else 5.0
-        reach = typical_px * voxel_size[2]
+    # detected radius, in micrometres.
+    reach = reach_without_radii(truth, detections, voxel_size)
+    if reach is not None:
         log.warning("ground truth has no radius: detections match within %.3g µm (median detected radius)", reach)
     matched = match_detections(detections, truth, voxel_size=voxel_size, max_distance=reach)
     successor = embedding_successor_accuracy(detections, truth, voxel_size=voxel_size, max_distance=reach)

@@ -15,8 +15,9 @@ Tasks:
 * ``division_state`` (any lineage): ``mitosis`` / ``interphase`` from the distance to a division
   (:func:`celltrails.lineage_labels.division_labels`).
 
-Matching is one-to-one per frame within each ground-truth cell's radius
-(:func:`celltrails.detector.metrics.match_detections`); unmatched rows carry no label.
+Matching is one-to-one per frame within each ground-truth cell's radius (the median tracked
+radius for a points table without radii; :func:`celltrails.detector.metrics.match_detections`);
+unmatched rows carry no label.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from celltrails.atomic import atomic_path
-from celltrails.detector.metrics import match_detections
+from celltrails.detector.metrics import match_detections, reach_without_radii
 from celltrails.errors import InputError
 from celltrails.lineage_labels import division_labels
 
@@ -52,7 +53,8 @@ def transfer_labels(tracks: pd.DataFrame, points: pd.DataFrame,
                     voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> pd.DataFrame:
     """``tracks`` (``t, track_id, z, y, x``) with the ground-truth labels of the cell each row matches."""
     labels = ground_truth_labels(points)
-    pairs = match_detections(tracks, points, voxel_size=voxel_size)["pairs"]
+    reach = reach_without_radii(points, tracks, voxel_size)  # a points table may have no radii
+    pairs = match_detections(tracks, points, voxel_size=voxel_size, max_distance=reach)["pairs"]
     out = tracks[["t", "track_id"]].copy()
     for column in labels.columns:
         values = pd.Series(pd.NA, index=tracks.index, dtype=object)

@@ -36,6 +36,20 @@ def match_reach(gt: pd.DataFrame, voxel_size: Sequence[float], max_distance: flo
     return reach
 
 
+DEFAULT_RADIUS_PX = 5.0
+
+
+def reach_without_radii(gt: pd.DataFrame, pred: pd.DataFrame, voxel_size: Sequence[float]) -> float | None:
+    """``max_distance`` for ground truth without radii (a points table): the median predicted radius
+    (``DEFAULT_RADIUS_PX`` when nothing was predicted or predictions have none), in physical units;
+    None when every ground-truth cell has its radius."""
+    if "radius" in gt.columns and gt["radius"].notna().all():
+        return None
+    radii = pred["radius"].dropna() if "radius" in pred.columns else pd.Series(dtype=float)
+    typical_px = float(radii.median()) if len(radii) else DEFAULT_RADIUS_PX
+    return typical_px * float(voxel_size[2])
+
+
 def _assign(g: np.ndarray, p: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Indices into the candidate edges (g, p, d) of a maximum-cardinality, then minimum-distance
     one-to-one matching (Hungarian, solved per connected component of the candidate graph)."""
