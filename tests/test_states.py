@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from celltrails.analysis.states import agreement_with_truth, analyse_states
+from celltrails.errors import InputError
 
 
 def embeddings_with_truth(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -56,3 +58,17 @@ def test_sparse_annotations_predict_every_cell_and_are_scored_against_the_rest(t
 def test_agreement_without_the_task_in_the_truth_is_empty():
     predictions = pd.DataFrame({"t": [0], "track_id": [1], "predicted_state": ["on"]})
     assert agreement_with_truth(predictions, pd.DataFrame({"t": [0], "track_id": [1]}), "state", None) == {}
+
+
+def test_empty_derived_annotations_classify_nothing_but_a_user_file_must_have_labels(tmp_path):
+    embeddings, _ = embeddings_with_truth()
+    embeddings.to_parquet(tmp_path / "emb.parquet")
+    (tmp_path / "derived.csv").write_text("track_id,t\n")
+    metrics = analyse_states(tmp_path / "emb.parquet", tmp_path / "pred.parquet", tmp_path / "m.json",
+                             tmp_path / "states", annotations_path=tmp_path / "derived.csv", derived=True)
+    assert "skipped" in metrics["all"]
+    predictions = pd.read_parquet(tmp_path / "pred.parquet")
+    assert len(predictions) == len(embeddings) and not [c for c in predictions if c.startswith("predicted_")]
+    with pytest.raises(InputError, match="dataset 'mine'"):
+        analyse_states(tmp_path / "emb.parquet", tmp_path / "p2.parquet", tmp_path / "m2.json", tmp_path / "s2",
+                       annotations_path=tmp_path / "derived.csv", dataset="mine")

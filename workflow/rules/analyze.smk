@@ -47,6 +47,7 @@ rule classify:
         pca_components=config["analyze"]["pca_components"],
         n_splits=config["analyze"]["n_splits"],
         time_known=lambda wc: dataset_of(wc).is_synthetic or dataset_of(wc).time_interval is not None,
+        derived=lambda wc: derives_annotations(wc.dataset),
         seed=config["seed"],
     log:
         "logs/classify/{dataset}.log",

@@ -16,6 +16,7 @@ with script_logging(snakemake.log[0]) as log:
         annotations_path=snakemake.input.annotations or None,
         truth_path=snakemake.input.labels or None,
         classifier_path=params.classifier,
+        derived=params.derived,
         settings={"pca_components": params.pca_components, "n_splits": params.n_splits},
         dataset=snakemake.wildcards.dataset,
         time_interval=meta.time_interval if params.time_known else None,  # else frames on the time axis

@@ -30,7 +30,6 @@ import pandas as pd
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.metrics import match_detections, reach_without_radii
-from celltrails.errors import InputError
 from celltrails.lineage_labels import division_labels
 
 REPORTER_CLASSES = {0: "nuclear", 1: "cytoplasmic"}
@@ -105,14 +104,15 @@ def write_derived_annotations(tracks: pd.DataFrame, points: pd.DataFrame, voxel_
                               annotations_path, labels_path, *, fraction: float, max_cells: int, seed: int = 0,
                               dataset: str = "", logger: logging.Logger | None = None) -> pd.DataFrame:
     """:func:`derive_annotations` on a track table (predicted, or a ground-truth points table) and write
-    the annotation CSV and the full labels (parquet), both atomically."""
+    the annotation CSV and the full labels (parquet), both atomically. When no tracked cell matches
+    a labelled ground-truth cell the CSV has only its header (the analysis then has nothing to fit)."""
     logger = logger or logging.getLogger(__name__)
     if "track_id" not in tracks.columns:  # a ground-truth points table was embedded
         tracks = tracks.rename(columns={"cell_id": "track_id"})
     annotations, labelled = derive_annotations(tracks, points, voxel_size, fraction=fraction, max_cells=max_cells,
                                                seed=seed)
-    if annotations.empty:
-        raise InputError("no tracked cell matches a ground-truth cell: nothing to annotate", dataset=dataset)
+    if annotations.empty:  # e.g. a points table of a few cells the tracker did not find: nothing to derive
+        logger.warning("%s: no tracked cell matches a labelled ground-truth cell; no annotations derived", dataset)
     with atomic_path(annotations_path) as tmp:
         annotations.to_csv(tmp, index=False)
     with atomic_path(labels_path) as tmp:

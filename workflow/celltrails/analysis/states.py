@@ -86,13 +86,15 @@ def fit_task(embeddings: pd.DataFrame, annotations: pd.DataFrame, task: str, set
 def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out_metrics: str | Path,
                    figures_dir: str | Path, *, annotations_path: str | Path | None = None,
                    truth_path: str | Path | None = None, classifier_path: str | Path | None = None,
+                   derived: bool = False,
                    settings: Mapping | None = None, dataset: str = "", time_interval: float | None = None,
                    seed: int = 42, logger: logging.Logger | None = None) -> dict:
     """Fit (or load) the classifiers, predict every cell, score, draw; returns the metrics per task.
 
     A task with too few annotated tracks (or one class) to cross-validate is skipped with a warning
     (and a ``skipped`` entry in the metrics) rather than stopping the other tasks; annotations
-    that match no cell at all are an error.
+    that match no cell at all are an error, unless they were ``derived`` from the ground truth and
+    came out empty (then nothing is classified).
     """
     logger = logger or logging.getLogger(__name__)
     settings = dict(settings or {})
@@ -103,6 +105,9 @@ def analyse_states(embeddings_path: str | Path, out_predictions: str | Path, out
         loaded = load_classifier(classifier_path)
         results[loaded.task] = loaded
         logger.info("applying the classifier %s (task %s) to %s", classifier_path, loaded.task, dataset)
+    elif derived and pd.read_csv(annotations_path).drop(columns=["track_id", "t"], errors="ignore").empty:
+        logger.warning("%s: the annotations derived from the ground truth are empty: nothing to classify", dataset)
+        skipped["all"] = {"skipped": "no tracked cell matched a labelled ground-truth cell"}
     else:
         annotations = load_annotations(annotations_path, dataset=dataset)
         for task in label_tasks(annotations):
