@@ -35,6 +35,12 @@ validate(config, CONFIG_SCHEMA)  # fills in the defaults
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+
+
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/qc.smk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ def script_logging(log_path: str | Path | None, name: str = "celltrails") -> Ite
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     logger = logging.getLogger(name)
+    if "SLURM_JOB_ID" in os.environ:  # where a cluster job ran: the SLURM test and users' audits read this
+        logger.info("SLURM job %s on partition %s, node %s", os.environ["SLURM_JOB_ID"],
+                    os.environ.get("SLURM_JOB_PARTITION", "?"), os.environ.get("SLURMD_NODENAME", "?"))
     try:
         yield logger
     except InputError as err:

@@ -18,8 +18,8 @@ rule derive_annotations:
     benchmark:
         "benchmarks/derive_annotations/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
     conda:
         ENV_IMAGING
     script:
@@ -54,8 +54,8 @@ rule classify:
     benchmark:
         "benchmarks/classify/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         ENV_IMAGING
     script:
@@ -91,8 +91,8 @@ rule pseudotime:
     benchmark:
         "benchmarks/pseudotime/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         ENV_IMAGING
     script:
@@ -124,8 +124,8 @@ rule track_figures:
     benchmark:
         "benchmarks/track_figures/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
     conda:
         ENV_IMAGING
     script:
@@ -147,8 +147,8 @@ rule report_html:
     benchmark:
         "benchmarks/report_html/report.tsv"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=scaled(2000),
+        runtime=scaled(30),
     conda:
         ENV_IMAGING
     script:

@@ -11,11 +11,15 @@ except InputError as err:
     raise WorkflowError(str(err)) from None
 
 ENV_IMAGING = str(REPO / "envs" / "imaging.yaml")
+
+
+def scaled(base):
+    """A memory (MB) or runtime (min) request that grows with the attempt: a job killed for running
+    out of either is retried (`retries:` in profiles/slurm) with twice, then three times as much."""
+    return lambda wildcards, attempt: base * attempt
+
+
 ENV_TORCH = str(REPO / "envs" / "torch.yaml")
-
-
-wildcard_constraints:
-    dataset="|".join(DATASETS),
 
 
 def dataset_of(wildcards):

@@ -16,8 +16,8 @@ checkpoint convert:
     benchmark:
         "benchmarks/convert/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         ENV_IMAGING
     script:
@@ -37,8 +37,8 @@ rule ground_truth:
     benchmark:
         "benchmarks/ground_truth/{dataset}.tsv"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=scaled(2000),
+        runtime=scaled(30),
     conda:
         ENV_IMAGING
     script:

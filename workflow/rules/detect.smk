@@ -30,8 +30,8 @@ rule train_detector:
         f"benchmarks/train_detector/{config['detector']['model_name']}.tsv"
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=480,
+        mem_mb=scaled(8000),
+        runtime=scaled(480),
     conda:
         ENV_TORCH
     script:
@@ -53,8 +53,8 @@ rule detect_block:
         "benchmarks/detect_block/{dataset}/frames_{start}-{stop}.tsv"
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         ENV_TORCH
     script:

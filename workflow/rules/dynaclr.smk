@@ -16,8 +16,8 @@ rule patches:
     benchmark:
         "benchmarks/patches/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         ENV_IMAGING
     script:
@@ -49,8 +49,8 @@ rule train_dynaclr:
         f"benchmarks/train_dynaclr/{config['dynaclr']['model_name']}.tsv"
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=480,
+        mem_mb=scaled(8000),
+        runtime=scaled(480),
     conda:
         ENV_TORCH
     script:
@@ -72,8 +72,8 @@ rule embed:
         "benchmarks/embed/{dataset}.tsv"
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=scaled(4000),
+        runtime=scaled(120),
     conda:
         ENV_TORCH
     script:
@@ -104,8 +104,8 @@ rule embedding_quality:
     benchmark:
         "benchmarks/embedding_quality/{dataset}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
     conda:
         ENV_IMAGING
     script:

@@ -21,8 +21,8 @@ rule qc_overview:
     benchmark:
         "benchmarks/qc_overview/{dataset}.tsv"
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=scaled(2000),
+        runtime=scaled(20),
     conda:
         ENV_IMAGING
     script:

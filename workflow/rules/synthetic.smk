@@ -12,8 +12,8 @@ rule synthesize:
         "benchmarks/synthesize/{dataset}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         ENV_IMAGING
     script:

@@ -14,8 +14,8 @@ rule link_block:
     benchmark:
         "benchmarks/link_block/{dataset}/pairs_{start}-{stop}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=scaled(4000),
+        runtime=scaled(60),
     conda:
         ENV_IMAGING
     script:
@@ -39,8 +39,8 @@ rule lineage:
     benchmark:
         "benchmarks/lineage/{dataset}.tsv"
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=scaled(8000),
+        runtime=scaled(120),
     conda:
         ENV_IMAGING
     script:
@@ -60,8 +60,8 @@ rule evaluate_tracking:
     benchmark:
         "benchmarks/evaluate_tracking/{dataset}.tsv"
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=scaled(8000),
+        runtime=scaled(60),
     conda:
         ENV_IMAGING
     script:
