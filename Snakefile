@@ -19,7 +19,7 @@ WORKFLOW_DIR = REPO / "workflow"
 # The library lives in workflow/celltrails: importable here and in every job's script,
 # with or without `pip install -e .` (conda environments from envs/ do not install it).
 sys.path.insert(0, str(WORKFLOW_DIR))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKFLOW_DIR), os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(WORKFLOW_DIR), os.environ.get("PYTHONPATH")])))
 
 
 from celltrails.config import config_problems

@@ -27,7 +27,7 @@ def dataset_of(wildcards):
 
 
 def source_of(wildcards):
-    """What the convert rule reads: the registered source, or the generated synthetic series."""
+    """The source that convert reads (the registered one, or the generated synthetic series)."""
     dataset = dataset_of(wildcards)
     if dataset.is_synthetic:
         return f"results/{dataset.name}/synthetic"
