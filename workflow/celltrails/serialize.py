@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +29,37 @@ def plain_data(value):
     if isinstance(value, Path):
         return str(value)
     return json.loads(json.dumps(value, default=str))
+
+
+def config_to_dict(config) -> dict:
+    """A frozen config dataclass as JSON/YAML-friendly data (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def config_from_dict(cls, data: Mapping, what: str):
+    """``cls(**data)`` with lists back to tuples; unknown keys are an error naming them and the known ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown} (known: {sorted(names)})")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def load_checkpoint_payload(path, file_format: str, version: int, what: str) -> dict:
+    """The plain-data payload of a celltrails checkpoint (``torch.load(weights_only=True)``: no code is
+    unpickled), checked to be ``file_format`` at a version this code reads."""
+    import torch  # here, not at module level: the analysis environment has no torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable {what} checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise ValueError(f"{path} is not a celltrails {what} checkpoint")
+    if payload.get("version", 0) > version:
+        raise ValueError(f"{path} has checkpoint version {payload['version']}; this celltrails reads up to "
+                         f"{version}: update celltrails")
+    return payload

@@ -13,13 +13,12 @@ micrometres of the training data; None if unknown).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.model import CellDetector, DetectorConfig
-from celltrails.serialize import plain_data
+from celltrails.serialize import load_checkpoint_payload, plain_data
 
 FORMAT = "celltrails-detector"
 VERSION = 1
@@ -56,18 +55,7 @@ def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
     The dict has ``config`` (a :class:`DetectorConfig`), ``trained_on``, ``channel``,
     ``normalization``, ``training``, ``metrics`` and ``voxel_size_trained`` ((z, y, x) tuple or None).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detector checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable detector checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a celltrails detector checkpoint")
-    if payload.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload['version']}; this celltrails reads "
-                         f"up to {VERSION}: update celltrails")
+    payload = load_checkpoint_payload(path, FORMAT, VERSION, "detector")
     config = DetectorConfig.from_dict(payload["config"])
     model = CellDetector(config)
     model.load_state_dict(payload["state_dict"])

@@ -31,7 +31,6 @@ Design choices and why
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from celltrails.serialize import config_from_dict, config_to_dict
 
 CONTRAST_EPS = 1e-7  # as MONAI's AdjustContrast
 
@@ -76,15 +77,11 @@ class AugmentConfig:
 
     def to_dict(self) -> dict:
         """JSON/YAML-friendly (tuples as lists); round-trips with :meth:`from_dict`."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> AugmentConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown augmentation config keys {unknown} (known: {sorted(names)})")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return config_from_dict(cls, data, "augmentation")
 
 
 def _rand(n: int, generator: torch.Generator) -> Tensor:

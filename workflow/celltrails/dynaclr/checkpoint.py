@@ -9,14 +9,12 @@ extraction ``size``, ``z_window`` and the model's input ``crop``), ``normalizati
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from celltrails.atomic import atomic_path
 from celltrails.dynaclr.model import ContrastiveEncoder, EncoderConfig
 from celltrails.dynaclr.normalization import Normalization
-from celltrails.serialize import plain_data
+from celltrails.serialize import load_checkpoint_payload, plain_data
 
 FORMAT = "celltrails-dynaclr"
 VERSION = 1
@@ -47,18 +45,7 @@ def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[Contrasti
     The metadata has ``config``, ``channels``, ``patch``, ``normalization`` (a
     :class:`Normalization`), ``trained_on``, ``training`` and ``metrics``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DynaCLR checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable DynaCLR checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a celltrails DynaCLR checkpoint")
-    if payload.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload['version']}; this celltrails reads up to "
-                         f"{VERSION}: update celltrails")
+    payload = load_checkpoint_payload(path, FORMAT, VERSION, "DynaCLR")
     config = EncoderConfig.from_dict(payload["config"])
     model = ContrastiveEncoder(config)
     model.load_state_dict(payload["state_dict"])

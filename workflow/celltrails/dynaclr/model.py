@@ -34,13 +34,14 @@ Design choices and why
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from celltrails.serialize import config_from_dict, config_to_dict
 
 LAYER_SCALE_INIT = 1e-6
 NORM_EPS = 1e-6
@@ -93,15 +94,11 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         """JSON/YAML-friendly (tuples as lists); round-trips with :meth:`from_dict`."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EncoderConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys {unknown} (known: {sorted(names)})")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return config_from_dict(cls, data, "encoder")
 
 
 PRESETS: dict[str, dict] = {
