@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_store import store_run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -204,11 +205,8 @@ def main() -> None:
         result["memory"] = memory_vs_length(Path(tmp), threads, args.quick)
         if torch.cuda.is_available():
             result["cuda"] = cuda_section(Path(tmp), args.quick)
-    stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    stored["runs"][label] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
-    print(f"wrote {args.out} (runs: {sorted(stored['runs'])})")
+    labels = store_run(args.out, label, result)
+    print(f"wrote {args.out} (runs: {labels})")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from results_store import store_run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -360,11 +361,8 @@ def main() -> None:
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     result["machine"]["load_average_end"] = os.getloadavg()[0]
     print(summary(result))
-    stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    stored["runs"][label] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
-    print(f"wrote {args.out} (runs: {sorted(stored['runs'])}; {result['total_seconds']} s)")
+    labels = store_run(args.out, label, result)
+    print(f"wrote {args.out} (runs: {labels}; {result['total_seconds']} s)")
 
 
 if __name__ == "__main__":

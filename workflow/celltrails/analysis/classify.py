@@ -58,7 +58,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from celltrails.atomic import atomic_path
-from celltrails.dynaclr.quality import feature_matrix
+from celltrails.dynaclr.quality import feature_columns, feature_matrix
 from celltrails.errors import InputError
 from celltrails.serialize import plain_data
 
@@ -407,15 +407,6 @@ def fit_classifier(X: np.ndarray, y: Sequence, groups: Sequence, *, pca_componen
         n_features=int(X.shape[1]), cv=cv_name, y=y, groups=groups, oof_proba=oof,
         oof_predicted=np.asarray(classes, dtype=object)[np.argmax(oof, axis=1)].astype(str),
         folds=folds, fold_pipelines=fold_pipelines)
-
-
-def feature_columns(embeddings: pd.DataFrame, prefix: str = "f_") -> list[str]:
-    """The ``f_0..`` (or other prefix) column names, in numeric order (as ``feature_matrix`` reads them)."""
-    columns = sorted((c for c in embeddings.columns if c.startswith(prefix) and c[len(prefix):].isdigit()),
-                     key=lambda c: int(c[len(prefix):]))
-    if not columns:
-        raise ValueError(f"the embeddings table has no {prefix}0.. columns")
-    return columns
 
 
 def classify_tasks(embeddings: pd.DataFrame, annotations: pd.DataFrame, *, tasks: Sequence[str] | None = None,

@@ -23,7 +23,6 @@ from sklearn.metrics import f1_score
 from celltrails.analysis.classify import (
     ClassifierResult,
     annotated_rows,
-    feature_columns,
     fit_classifier,
     label_tasks,
     load_annotations,
@@ -35,7 +34,7 @@ from celltrails.analysis.classify import (
     state_fractions,
 )
 from celltrails.atomic import atomic_path
-from celltrails.dynaclr.quality import embedding_pca, feature_matrix, plot_embedding_pca
+from celltrails.dynaclr.quality import embedding_pca, feature_columns, feature_matrix, plot_embedding_pca
 from celltrails.errors import InputError
 from celltrails.serialize import plain_data
 
@@ -67,14 +66,15 @@ def fit_task(embeddings: pd.DataFrame, annotations: pd.DataFrame, task: str, set
     """One task's classifier, folds grouped by lineage (a mother and her daughters, whose frames
     around a division look alike, stay in one fold) or, with too few lineages, by track."""
     rows, labels = annotated_rows(embeddings, annotations, task, dataset=dataset)  # no match at all: raises
-    X = feature_matrix(embeddings)[rows]
+    columns = feature_columns(embeddings)
+    X = embeddings[columns].to_numpy(np.float64)[rows]
     problems = []
     for group_by in [c for c in ("lineage_id", "track_id") if c in embeddings.columns]:
         try:
             result = fit_classifier(X, labels, embeddings[group_by].to_numpy()[rows],
                                     pca_components=settings.get("pca_components"),
                                     n_splits=settings.get("n_splits", 5), seed=seed, task=task,
-                                    feature_columns=feature_columns(embeddings))
+                                    feature_columns=columns)
         except InputError as err:
             problems.append(f"grouped by {group_by}: {err}")
             continue

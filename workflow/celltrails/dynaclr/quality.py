@@ -281,13 +281,18 @@ def plot_embedding_pca(coords: np.ndarray, colour_by: dict[str, np.ndarray], pat
         fig.savefig(tmp, dpi=110, format="png")
 
 
-def feature_matrix(embeddings: pd.DataFrame, prefix: str = "f_") -> np.ndarray:
-    """The ``f_0..`` (or ``p_0..``) columns of an embeddings table, in numeric order."""
+def feature_columns(embeddings: pd.DataFrame, prefix: str = "f_") -> list[str]:
+    """The ``f_0..`` (or ``p_0..``) column names of an embeddings table, in numeric order."""
     columns = sorted((c for c in embeddings.columns if c.startswith(prefix) and c[len(prefix):].isdigit()),
                      key=lambda c: int(c[len(prefix):]))
     if not columns:
         raise ValueError(f"the embeddings table has no {prefix}0.. columns")
-    return embeddings[columns].to_numpy(np.float64)
+    return columns
+
+
+def feature_matrix(embeddings: pd.DataFrame, prefix: str = "f_") -> np.ndarray:
+    """The ``f_0..`` (or ``p_0..``) columns of an embeddings table as a float matrix, in numeric order."""
+    return embeddings[feature_columns(embeddings, prefix)].to_numpy(np.float64)
 
 
 def write_embedding_quality(embeddings_path: str | os.PathLike, metrics_path: str | os.PathLike,
