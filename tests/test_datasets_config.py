@@ -85,6 +85,18 @@ def test_synthetic_recipe_must_be_a_file(sources):
         load_datasets("datasets.tsv", base=sources)
 
 
+def test_nucleus_radius_is_optional_and_must_be_a_positive_number(sources):
+    header = HEADER.rstrip("\n") + "\tnucleus_radius\n"
+    write_sheet(sources, "a\tseq\tctc\t\t\t\t\t\t25", "b\tseq\tctc\t\t\t\t\t\t", header=header)
+    datasets = load_datasets("datasets.tsv", base=sources)
+    assert datasets["a"].nucleus_radius == 25.0 and datasets["b"].nucleus_radius is None
+    write_sheet(sources, "a\tseq\tctc\t\t\t\t\t\t-2", "b\tseq\tctc\t\t\t\t\t\tbig", header=header)
+    with pytest.raises(InputError) as info:
+        load_datasets("datasets.tsv", base=sources)
+    assert "row 2 (dataset 'a'): nucleus_radius '-2' must be a positive number" in str(info.value)
+    assert "row 3 (dataset 'b'): nucleus_radius 'big'" in str(info.value)
+
+
 @pytest.mark.parametrize("text", ["1,2", "a,b,c", "1,2,3,4", "0,1,1", "nan,1,1", "-1,1,1"])
 def test_voxel_size_must_be_three_positive_numbers(text):
     with pytest.raises(ValueError, match="voxel_size"):

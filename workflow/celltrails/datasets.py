@@ -1,7 +1,7 @@
 """The dataset sheet: one row per registered dataset, checked before any job runs.
 
 A tab-separated file with columns ``dataset, path, layout`` and optionally ``ground_truth,
-voxel_size, time_interval, channels, annotations`` (see the interface in the README). Relative
+voxel_size, time_interval, channels, annotations, nucleus_radius`` (see the interface in the README). Relative
 paths resolve against the working directory. Every problem is reported with its row number
 and dataset name, all at once, so a user fixes the sheet in one go.
 """
@@ -19,7 +19,7 @@ from celltrails.errors import InputError
 
 LAYOUTS = ("ctc", "tiff-sequence", "tiff-stack", "ome-zarr", "synthetic")
 REQUIRED_COLUMNS = ("dataset", "path", "layout")
-OPTIONAL_COLUMNS = ("ground_truth", "voxel_size", "time_interval", "channels", "annotations")
+OPTIONAL_COLUMNS = ("ground_truth", "voxel_size", "time_interval", "channels", "annotations", "nucleus_radius")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -35,6 +35,7 @@ class Dataset:
     time_interval: float | None = None
     channels: tuple[str, ...] | None = None
     annotations: Path | None = None
+    nucleus_radius: float | None = None  # typical nucleus radius in xy pixels (sets the detector's scale)
 
     @property
     def is_synthetic(self) -> bool:
@@ -98,6 +99,14 @@ def _parse_row(row: dict[str, str], base: Path, problems: list[str], where: str)
                 raise ValueError
         except ValueError:
             problems.append(f"{where}: time_interval '{row['time_interval']}' must be a positive number (minutes)")
+    if row.get("nucleus_radius"):
+        try:
+            optional["nucleus_radius"] = float(row["nucleus_radius"])
+            if not (math.isfinite(optional["nucleus_radius"]) and optional["nucleus_radius"] > 0):
+                raise ValueError
+        except ValueError:
+            problems.append(f"{where}: nucleus_radius '{row['nucleus_radius']}' must be a positive number "
+                            "(typical nucleus radius in xy pixels)")
     if row.get("channels"):
         names = tuple(c.strip() for c in row["channels"].split(","))
         if any(not c for c in names) or len(set(names)) != len(names):

@@ -20,6 +20,7 @@ rule train_detector:
         ),
     params:
         datasets=config["detector"]["train_on"],
+        nucleus_radii=[DATASETS[name].nucleus_radius for name in config["detector"]["train_on"]],
         channel=config["detector"]["channel"],
         training=config["detector"]["training"],
         seed=config["seed"],
@@ -46,6 +47,7 @@ rule detect_block:
         temp("results/{dataset}/detect/frames_{start}-{stop}.parquet"),
     params:
         settings=config["detector"],
+        nucleus_radius=lambda wildcards: dataset_of(wildcards).nucleus_radius,
     threads: 2
     log:
         "logs/detect_block/{dataset}/frames_{start}-{stop}.log",

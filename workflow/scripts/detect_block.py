@@ -12,6 +12,7 @@ with script_logging(snakemake.log[0]) as log:
         int(snakemake.wildcards.start),
         int(snakemake.wildcards.stop),
         device=pick_device(snakemake.resources.get("gpu", 0), log),
+        nucleus_radius=snakemake.params.nucleus_radius,
         channel=settings["channel"],
         tile=(settings["tile_z"], settings["tile_yx"], settings["tile_yx"]),
         overlap=(settings["overlap_z"], settings["overlap_yx"], settings["overlap_yx"]),

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from celltrails.detector.infer import pick_device
 from celltrails.detector.model import DetectorConfig
+from celltrails.detector.sampling import TrainingDataset
 from celltrails.detector.train import train_detector
 from celltrails.errors import InputError
 from celltrails.logs import script_logging
@@ -20,7 +21,8 @@ with script_logging(snakemake.log[0]) as log:
     config = DetectorConfig(spatial_dims=3 if dims.pop() else 2, base_channels=training["base_channels"],
                             depth=training["depth"], embedding_dim=training["embedding_dim"])
     train_detector(
-        list(zip(images, truths, names)),
+        [TrainingDataset(image, truth, name, nucleus_radius=radius)
+         for image, truth, name, radius in zip(images, truths, names, snakemake.params.nucleus_radii)],
         snakemake.output.model,
         config=config,
         channel=snakemake.params.channel,
@@ -33,5 +35,6 @@ with script_logging(snakemake.log[0]) as log:
         threads=snakemake.threads,
         log_dir=Path(snakemake.output.validation).parent,
         val_fraction=training["validation_fraction"],
+        working_radius=training["working_radius"],
         logger=log,
     )

@@ -6,8 +6,10 @@ and never unpickles code. Keys: ``format``, ``version``, ``config`` (a
 :class:`DetectorConfig` as a dict), ``state_dict``, ``trained_on`` (dataset names), ``channel``
 (image channel the model reads), ``normalization`` (e.g. ``{"method": "percentile", "low": 1.0,
 "high": 99.8}``: inference calls ``normalize_frame(frame, low, high)``), ``training`` (the
-training settings), ``metrics`` (validation results) and ``voxel_size_trained`` (z, y, x in
-micrometres of the training data; None if unknown).
+training settings; ``training["working_radius"]`` is the median nucleus radius the network saw, in
+its input pixels, and ``training["datasets"][i]["binning"]`` how each training image was binned to
+get there, see :mod:`celltrails.detector.scale`), ``metrics`` (validation results) and
+``voxel_size_trained`` (z, y, x in micrometres of the training data; None if unknown).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.model import CellDetector, DetectorConfig
+from celltrails.detector.scale import DEFAULT_WORKING_RADIUS
 from celltrails.serialize import load_checkpoint_payload, plain_data
 
 FORMAT = "celltrails-detector"
@@ -53,7 +56,10 @@ def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
     """(model on ``device`` in eval mode, metadata dict) from a checkpoint written by :func:`save_checkpoint`.
 
     The dict has ``config`` (a :class:`DetectorConfig`), ``trained_on``, ``channel``,
-    ``normalization``, ``training``, ``metrics`` and ``voxel_size_trained`` ((z, y, x) tuple or None).
+    ``normalization``, ``training``, ``metrics``, ``voxel_size_trained`` ((z, y, x) tuple or None),
+    ``working_radius`` (xy px at the network's input; checkpoints from before binning existed were
+    trained at ~``DEFAULT_WORKING_RADIUS``) and ``binning`` (the y, x binning of the training images
+    when they all shared one, else None).
     """
     payload = load_checkpoint_payload(path, FORMAT, VERSION, "detector")
     config = DetectorConfig.from_dict(payload["config"])
@@ -61,13 +67,17 @@ def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
     model.load_state_dict(payload["state_dict"])
     model.to(torch.device(device)).eval()
     voxel = payload.get("voxel_size_trained")
+    training = dict(payload.get("training", {}))
+    binnings = {int(d.get("binning", 1)) for d in training.get("datasets", [])} or {1}
     meta = {
         "config": config,
         "trained_on": list(payload.get("trained_on", [])),
         "channel": int(payload.get("channel", 0)),
         "normalization": dict(payload.get("normalization", {})),
-        "training": dict(payload.get("training", {})),
+        "training": training,
         "metrics": dict(payload.get("metrics", {})),
         "voxel_size_trained": None if voxel is None else tuple(float(v) for v in voxel),
+        "working_radius": float(training.get("working_radius", DEFAULT_WORKING_RADIUS)),
+        "binning": binnings.pop() if len(binnings) == 1 else None,
     }
     return model, meta

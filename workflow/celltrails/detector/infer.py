@@ -35,6 +35,13 @@ from tqdm import tqdm
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.normalize import normalize_frame
+from celltrails.detector.scale import (
+    DEFAULT_WORKING_RADIUS,
+    binned_image,
+    binning_factor,
+    to_image,
+    working_voxel_size,
+)
 from celltrails.linking import embedding_columns, scaled_positions
 from celltrails.logs import ProgressLog
 from celltrails.ome_zarr_io import open_image
@@ -378,7 +385,7 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
                  t_start: int, t_stop: int, *, channel: int | None = None,
                  tile: Sequence[int] = (64, 256, 256), overlap: Sequence[int] = (8, 32, 32),
                  threshold: float = 0.5, min_distance: float = 4.0, device: str = "cpu",
-                 batch_size: int = 4, threads: int = 1, precision: str = "auto",
+                 batch_size: int = 4, threads: int = 1, precision: str = "auto", binning: int = 1,
                  logger: logging.Logger | None = None) -> pd.DataFrame:
     """Detections of frames ``t_start..t_stop-1`` of an OME-Zarr image, sorted by t, z, y, x.
 
@@ -386,6 +393,9 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     ``normalize_frame``) and ``channel`` (used when ``channel`` is None). ``tile`` and ``overlap``
     are (z, y, x) voxels, ``min_distance`` xy pixels; ``precision`` is 'auto' (bf16 autocast on
     CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. The model is moved to ``device`` in eval mode.
+    ``binning`` > 1 runs the model on the image binned in y, x by that factor (tiles, overlaps and
+    ``min_distance`` are then in binned pixels, the network's scale, see
+    :mod:`celltrails.detector.scale`); positions and radii are returned in image pixels either way.
 
     Frame t is run as the pair (t, t+1), the last frame of the series as (T-1, T-1).
     division_prob = max(mother ch0 of pass (t, t+1), daughter ch1 of pass (t-1, t)); the ch1 map is
@@ -401,17 +411,20 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     if torch_device.type == "cpu":
         torch.set_num_threads(threads)
     model = model.to(torch_device).eval()
+    array = binned_image(array, binning)
+    voxel_size = working_voxel_size(meta.voxel_size, binning)
     frames = FrameCache(array, settings.get("channel", 0) if channel is None else channel,
                         settings.get("normalization", {}))
-    runner = PairRunner(model, frames, plan_tiles(meta.shape[2:], tile, overlap, size_multiples(model)),
-                        PeakSettings.make(threshold, min_distance, meta.voxel_size, meta.is_3d),
+    runner = PairRunner(model, frames, plan_tiles(array.shape[2:], tile, overlap, size_multiples(model)),
+                        PeakSettings.make(threshold, min_distance, voxel_size, meta.is_3d),
                         torch_device, autocast_dtype(torch_device, precision), batch_size,
                         PhaseTimer(torch_device))
-    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d", t_start, t_stop - 1,
-                torch_device, len(runner.grid), runner.grid.size, batch_size)
+    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d%s", t_start, t_stop - 1,
+                torch_device, len(runner.grid), runner.grid.size, batch_size,
+                f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
     with torch.inference_mode():
-        tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, meta.voxel_size, logger)
-    result = pd.concat(tables, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)
+        tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger)
+    result = to_image(pd.concat(tables, ignore_index=True), binning).sort_values(SORT_KEYS, ignore_index=True)
     result.attrs["timings"] = runner.timer.seconds
     logger.info("%d detections in frames %d..%d; seconds %s", len(result), t_start, t_stop - 1,
                 {k: round(v, 2) for k, v in runner.timer.seconds.items()})
@@ -453,13 +466,28 @@ def detect_series(image_path: str | Path, model: torch.nn.Module, settings: Mapp
     return result
 
 
+def inference_binning(settings: Mapping[str, Any], nucleus_radius: float | None = None) -> int:
+    """The y, x binning that shows a checkpoint nuclei of the size it was trained on.
+
+    With the dataset's ``nucleus_radius`` (image px): the factor that brings it nearest the
+    checkpoint's ``working_radius``. Without it the images are taken to be at the scale of the
+    training images and get their binning (1 for a checkpoint trained at image scale).
+    """
+    if nucleus_radius is not None:
+        return binning_factor(nucleus_radius, settings.get("working_radius", DEFAULT_WORKING_RADIUS))
+    return int(settings.get("binning") or 1)
+
+
 def detect_with_checkpoint(image_path: str | Path, checkpoint: str | Path, t_start: int, t_stop: int,
-                           *, device: str = "cpu", **options: Any) -> pd.DataFrame:
-    """:func:`detect_block` with the network and its settings loaded from a checkpoint file."""
+                           *, device: str = "cpu", nucleus_radius: float | None = None,
+                           **options: Any) -> pd.DataFrame:
+    """:func:`detect_block` with the network and its settings loaded from a checkpoint file, on
+    the image binned by :func:`inference_binning` for the dataset's ``nucleus_radius``."""
     from celltrails.detector.checkpoint import load_checkpoint
 
     model, settings = load_checkpoint(checkpoint, device=device)
-    return detect_block(image_path, model, settings, t_start, t_stop, device=device, **options)
+    binning = inference_binning(settings, nucleus_radius)
+    return detect_block(image_path, model, settings, t_start, t_stop, device=device, binning=binning, **options)
 
 
 def pick_device(requested_gpus: int, logger: logging.Logger | None = None) -> str:

@@ -388,7 +388,7 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
                    val_fraction: float = 0.15, val_crops: int = 16, augmentation: Augmentation | None = None,
                    loss_weights: LossWeights | None = None, repeat_probability: float = 0.1,
                    cell_bias: float = 0.8, normalization: tuple[float, float] = (1.0, 99.8), workers: int = 0,
-                   amp: bool = True, detection_threshold: float = 0.5,
+                   amp: bool = True, detection_threshold: float = 0.5, working_radius: float | None = None,
                    select: str = "best", progress: bool | None = None) -> dict:
     """Train a :class:`CellDetector` and save it to ``out_checkpoint``; returns the metrics dict.
 
@@ -397,6 +397,8 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
     or ``epochs`` x ``steps_per_epoch`` (default: one pass over the training frames' area in
     crops); validation runs after every epoch. ``device``: "cpu", "cuda", "cuda:1", ...;
     ``threads``: CPU threads for torch. ``progress``: tqdm bar (None = only on a terminal).
+    ``working_radius`` (xy px): bin each dataset in y, x so that its nuclei come near this radius
+    (:mod:`celltrails.detector.scale`); None trains at the images' own scale.
     """
     settings = dict(locals())
     settings["logger"] = logger or logging.getLogger("celltrails.detector.train")
@@ -422,7 +424,7 @@ def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
 def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, steps, epochs,
            steps_per_epoch, lr, weight_decay, seed, device, threads, log_dir, logger, val_fraction,
            val_crops, augmentation, loss_weights, repeat_probability, cell_bias, normalization, workers,
-           amp, detection_threshold, select, progress) -> dict:
+           amp, detection_threshold, working_radius, select, progress) -> dict:
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if batch_size < 1:
@@ -432,7 +434,12 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
     _seed_everything(seed)
 
     low, high = normalization
-    sources = open_sources(datasets, channel, low, high)
+    sources = open_sources(datasets, channel, low, high, working_radius)
+    for source in sources:
+        if source.binning > 1:
+            logger.info("dataset %s is binned %dx%d in y, x (nuclei of radius %.1f px become %.1f px)",
+                        source.name, source.binning, source.binning, source.default_radius * source.binning,
+                        source.default_radius)
     _check_sources(sources, config)
     model = CellDetector(config).to(device)
     crop = _crop_size(crop_size, sources, model)
@@ -552,9 +559,10 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
         "val_fraction": val_fraction, "val_crops": val_crops, "repeat_probability": repeat_probability,
         "cell_bias": cell_bias, "augmentation": dataclasses.asdict(augmentation),
         "loss_weights": dataclasses.asdict(weights), "detection_threshold": detection_threshold,
-        "voxel_size": list(sources[0].voxel_size),
-        "datasets": [{"name": s.name, "image": s.image_path, "voxel_size": list(s.voxel_size),
-                      "train_frames": sorted(tr), "val_frames": sorted(va)}
+        "voxel_size": list(sources[0].meta.voxel_size),
+        "working_radius": float(np.median([s.default_radius for s in sources])),
+        "datasets": [{"name": s.name, "image": s.image_path, "voxel_size": list(s.meta.voxel_size),
+                      "binning": s.binning, "train_frames": sorted(tr), "val_frames": sorted(va)}
                      for s, (tr, va) in zip(sources, splits)],
     }
     model.eval()
