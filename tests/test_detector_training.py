@@ -252,3 +252,9 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     assert result["tp"] + result["fn"] >= 25
     assert result["f1"] >= 0.9, result
     assert result["localization_error"] < 1.5, result  # peaks on the centres, not just within the radius
+    calibration = meta["training"]["threshold_calibration"]
+    assert meta["threshold"] == calibration["threshold"] and calibration["frames"] == 3
+    by_threshold = calibration["f1_by_threshold"]
+    assert calibration["f1"] == max(by_threshold.values()) >= by_threshold["0.50"]
+    held_out = evaluate_frames(model, source, [3, 4, 5], threshold=meta["threshold"])
+    assert held_out["f1"] == pytest.approx(calibration["f1"])  # the same frames, matcher and threshold

@@ -8,7 +8,8 @@ and never unpickles code. Keys: ``format``, ``version``, ``config`` (a
 "high": 99.8}``: inference calls ``normalize_frame(frame, low, high)``), ``training`` (the
 training settings; ``training["working_radius"]`` is the median nucleus radius the network saw, in
 its input pixels, and ``training["datasets"][i]["binning"]`` how each training image was binned to
-get there, see :mod:`celltrails.detector.scale`), ``metrics`` (validation results) and
+get there, see :mod:`celltrails.detector.scale`; ``training["threshold_calibration"]`` the centre
+threshold that maximised F1 on the validation frames), ``metrics`` (validation results) and
 ``voxel_size_trained`` (z, y, x in micrometres of the training data; None if unknown).
 """
 
@@ -24,6 +25,7 @@ from celltrails.detector.scale import DEFAULT_WORKING_RADIUS
 from celltrails.serialize import load_checkpoint_payload, plain_data
 
 FORMAT = "celltrails-detector"
+DEFAULT_THRESHOLD = 0.5  # centre threshold of a checkpoint without a calibrated one
 VERSION = 1
 
 
@@ -59,7 +61,8 @@ def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
     ``normalization``, ``training``, ``metrics``, ``voxel_size_trained`` ((z, y, x) tuple or None),
     ``working_radius`` (xy px at the network's input; checkpoints from before binning existed were
     trained at ~``DEFAULT_WORKING_RADIUS``) and ``binning`` (the y, x binning of the training images
-    when they all shared one, else None).
+    when they all shared one, else None) and ``threshold`` (the calibrated centre threshold,
+    else ``DEFAULT_THRESHOLD``).
     """
     payload = load_checkpoint_payload(path, FORMAT, VERSION, "detector")
     config = DetectorConfig.from_dict(payload["config"])
@@ -79,5 +82,6 @@ def load_checkpoint(path, device="cpu") -> tuple[CellDetector, dict]:
         "voxel_size_trained": None if voxel is None else tuple(float(v) for v in voxel),
         "working_radius": float(training.get("working_radius", DEFAULT_WORKING_RADIUS)),
         "binning": binnings.pop() if len(binnings) == 1 else None,
+        "threshold": float((training.get("threshold_calibration") or {}).get("threshold", DEFAULT_THRESHOLD)),
     }
     return model, meta

@@ -384,13 +384,14 @@ def _check_block(t_start: int, t_stop: int, n_frames: int, tile: Sequence[int], 
 def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mapping[str, Any],
                  t_start: int, t_stop: int, *, channel: int | None = None,
                  tile: Sequence[int] = (64, 256, 256), overlap: Sequence[int] = (8, 32, 32),
-                 threshold: float = 0.5, min_distance: float = 4.0, device: str = "cpu",
+                 threshold: float | None = None, min_distance: float = 4.0, device: str = "cpu",
                  batch_size: int = 4, threads: int = 1, precision: str = "auto", binning: int = 1,
                  logger: logging.Logger | None = None) -> pd.DataFrame:
     """Detections of frames ``t_start..t_stop-1`` of an OME-Zarr image, sorted by t, z, y, x.
 
     ``settings`` is the checkpoint's metadata: ``normalization`` (its ``low`` and ``high`` go to
-    ``normalize_frame``) and ``channel`` (used when ``channel`` is None). ``tile`` and ``overlap``
+    ``normalize_frame``), ``channel`` (used when ``channel`` is None) and ``threshold`` (the
+    calibrated centre threshold, used when ``threshold`` is None; else 0.5). ``tile`` and ``overlap``
     are (z, y, x) voxels, ``min_distance`` xy pixels; ``precision`` is 'auto' (bf16 autocast on
     CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. The model is moved to ``device`` in eval mode.
     ``binning`` > 1 runs the model on the image binned in y, x by that factor (tiles, overlaps and
@@ -413,14 +414,15 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     model = model.to(torch_device).eval()
     array = binned_image(array, binning)
     voxel_size = working_voxel_size(meta.voxel_size, binning)
+    threshold = float(settings.get("threshold", 0.5)) if threshold is None else threshold
     frames = FrameCache(array, settings.get("channel", 0) if channel is None else channel,
                         settings.get("normalization", {}))
     runner = PairRunner(model, frames, plan_tiles(array.shape[2:], tile, overlap, size_multiples(model)),
                         PeakSettings.make(threshold, min_distance, voxel_size, meta.is_3d),
                         torch_device, autocast_dtype(torch_device, precision), batch_size,
                         PhaseTimer(torch_device))
-    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d%s", t_start, t_stop - 1,
-                torch_device, len(runner.grid), runner.grid.size, batch_size,
+    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d, centre threshold %.2f%s",
+                t_start, t_stop - 1, torch_device, len(runner.grid), runner.grid.size, batch_size, threshold,
                 f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
     with torch.inference_mode():
         tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger)
