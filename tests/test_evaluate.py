@@ -178,26 +178,36 @@ def test_sim_plus_linking_scores_high(tmp_path):
     assert metrics["TRA"] > 0.98, metrics
 
 
-def test_one_mask_over_two_cells_reports_null_division_scores_with_a_reason(tmp_path):
-    """A predicted mask covering two ground-truth markers is a many-to-one matching, for which
-    traccuracy computes no division metrics: the CTC scores still come back, divisions as null."""
+def test_one_mask_over_two_cells_still_scores_divisions_one_to_one(tmp_path):
+    """A predicted mask covering two ground-truth markers makes CTC's matching many-to-one, for
+    which traccuracy computes no division metrics: the CTC scores come from CTCMatcher and the
+    division scores from a one-to-one IoU matching of the same masks, with a note saying so."""
     gt, res = tmp_path / "GT", tmp_path / "RES"
     gt.mkdir()
     res.mkdir()
-    for t in range(2):
-        markers = np.zeros((32, 32), np.uint16)
-        markers[8:12, 8:12], markers[8:12, 14:18] = 1, 2
-        write_label_frame(markers, gt, "man_track", t, 2)
-        blob = np.zeros((32, 32), np.uint16)
-        blob[6:14, 6:20] = 1  # one predicted cell over both
-        write_label_frame(blob, res, "mask", t, 2)
-    write_track_table(pd.DataFrame({"label": [1, 2], "begin": [0, 0], "end": [1, 1], "parent": [0, 0]}),
-                      gt / "man_track.txt")
-    write_track_table(pd.DataFrame({"label": [1], "begin": [0], "end": [1], "parent": [0]}), res / "res_track.txt")
+    for t in range(3):
+        markers, masks = np.zeros((48, 48), np.uint16), np.zeros((48, 48), np.uint16)
+        markers[8:12, 8:12], markers[8:12, 14:18] = 1, 2  # two touching cells ...
+        if t == 0:
+            masks[6:14, 6:20] = 1  # ... detected as one in frame 0
+        else:
+            masks[8:12, 8:12], masks[8:12, 14:18] = 1, 2
+        if t < 2:  # cell 3 divides into 4 and 5 after frame 1
+            markers[30:36, 30:36], masks[30:36, 30:36] = 3, 3
+        else:
+            markers[26:30, 30:34], markers[38:42, 30:34] = 4, 5
+            masks[26:30, 30:34], masks[38:42, 30:34] = 4, 5
+        write_label_frame(markers, gt, "man_track", t, 3)
+        write_label_frame(masks, res, "mask", t, 3)
+    tracks = pd.DataFrame({"label": [1, 2, 3, 4, 5], "begin": [0, 0, 0, 2, 2], "end": [2, 2, 1, 2, 2],
+                           "parent": [0, 0, 0, 3, 3]})
+    write_track_table(tracks, gt / "man_track.txt")
+    write_track_table(tracks.assign(begin=[0, 1, 0, 2, 2]), res / "res_track.txt")
     metrics = evaluate_ctc(gt, res)
-    assert metrics["DET"] is not None and metrics["DET"] < 1.0
-    assert metrics["division_f1"] is None and metrics["tp_divisions"] is None
-    assert any("refused division metrics" in note for note in metrics["notes"])
+    assert metrics["DET"] is not None and metrics["DET"] < 1.0 and metrics["ns_nodes"] == 1
+    assert metrics["division_f1"] == 1.0 and metrics["tp_divisions"] == 1
+    assert metrics["division_matcher"].startswith("IOUMatcher")
+    assert any("not one-to-one" in note for note in metrics["notes"])
 
 
 def test_an_empty_result_scores_zero_instead_of_crashing(tmp_path):

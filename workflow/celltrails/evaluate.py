@@ -17,7 +17,7 @@ import pandas as pd
 import traccuracy
 from traccuracy import TrackingGraph, run_metrics
 from traccuracy.loaders import load_ctc_data
-from traccuracy.matchers import CTCMatcher, PointMatcher
+from traccuracy.matchers import CTCMatcher, IOUMatcher, PointMatcher
 from traccuracy.metrics import CTCMetrics, DivisionMetrics
 
 from celltrails.atomic import atomic_path
@@ -29,20 +29,38 @@ _DIVISION_COUNTS = {"tp_divisions": "True Positive Divisions", "fp_divisions": "
                     "pred_divisions": "Total Predicted Divisions"}
 
 
-def _score(gt: TrackingGraph, pred: TrackingGraph, matcher, matcher_name: str) -> dict:
-    """CTC metrics, and division metrics where traccuracy can compute them for this matching.
+DIVISION_IOU = 0.3  # one-to-one mask matching for division scores when CTC's matching is not one-to-one
 
-    traccuracy's DivisionMetrics accepts only one-to-one matchings; when a predicted cell covers
-    several ground-truth cells (CTC masks of a poor detector, say) it refuses, and the division
-    scores are reported as null with that reason instead of failing the whole evaluation.
+
+def _score(gt: TrackingGraph, pred: TrackingGraph, matcher, matcher_name: str) -> dict:
+    """CTC metrics, and division metrics with a one-to-one matching.
+
+    traccuracy's DivisionMetrics accepts only one-to-one matchings. CTCMatcher's is not one-to-one
+    as soon as one predicted mask covers most of two ground-truth markers (two touching nuclei
+    detected as one, in a single frame of a long series), and traccuracy then refuses division
+    scores altogether. For masks the division scores then come from a one-to-one IoU matching
+    (linear assignment, IoU >= ``DIVISION_IOU``) of the same masks, with a note saying so; for
+    points (already one-to-one) or without masks they are null with the reason.
     """
     results, matched = run_metrics(gt_data=gt, pred_data=pred, matcher=matcher, metrics=[CTCMetrics()])
+    refused, note = None, None
     try:
         results.append(DivisionMetrics(max_frame_buffer=1).compute(matched).to_dict())
-        refused = None
     except TypeError as err:
         refused = f"traccuracy refused division metrics for this matching ({err})"
-    return _summarise(results, matcher_name, refused)
+        if gt.segmentation is not None and pred.segmentation is not None:
+            division, _ = run_metrics(gt_data=gt, pred_data=pred,
+                                      matcher=IOUMatcher(iou_threshold=DIVISION_IOU, one_to_one=True),
+                                      metrics=[DivisionMetrics(max_frame_buffer=1)])
+            results.extend(division)
+            refused, note = None, (f"division scores use IOUMatcher(iou_threshold={DIVISION_IOU}, one_to_one=True): "
+                                   f"the {matcher_name} matching is not one-to-one, which traccuracy's "
+                                   "division metrics require")
+    summary = _summarise(results, matcher_name, refused)
+    if note:
+        summary["notes"].append(note)
+        summary["division_matcher"] = f"IOUMatcher(iou_threshold={DIVISION_IOU}, one_to_one=True)"
+    return summary
 
 
 def _summarise(results: list[dict], matcher: str, division_refused: str | None = None) -> dict:
