@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from celltrails.detector.checkpoint import load_checkpoint
+from celltrails.detector.calibrate import calibrate_checkpoint
+from celltrails.detector.checkpoint import load_checkpoint, save_checkpoint
 from celltrails.detector.losses import (
     batch_hard_triplet,
     focal_center_loss,
@@ -217,6 +218,35 @@ def test_augmented_crops_keep_points_on_their_cells(tmp_path):
     assert (batch["relation"] == 1).any()
 
 
+def test_division_bias_draws_crops_around_mothers(tmp_path):
+    """One division among many cells: with division_bias 1 every crop holds the mother of frame 2
+    and its division target; uniform crops rarely do."""
+    rng = np.random.default_rng(2)
+    n_frames, shape = 5, (1, 200, 200)
+    store = tmp_path / "cells.ome.zarr"
+    create_image_store(store, (n_frames, 1, *shape), np.uint16, VOXEL_2D, 1.0, ["nuclei"])[:] = 100
+    rows = [(t, 0.0, y, x, cell, -1, 4.0) for cell, (y, x) in enumerate(rng.uniform(10, 190, (30, 2)), 1)
+            for t in range(n_frames) if cell != 1 or t <= 2]
+    rows += [(t, 0.0, 20.0 + 5 * k, 20.0, 100 + k, 1, 4.0) for k in (0, 1) for t in (3, 4)]  # daughters of 1
+    table = pd.DataFrame(rows, columns=["t", "z", "y", "x", "cell_id", "parent_id", "radius"])
+    source = Source(TrainingDataset(store, table, "cells"))
+    mother = table[(table.cell_id == 1) & (table.t == 2)][["y", "x"]].to_numpy()[0]
+
+    def holds_the_division(bias: float) -> float:
+        sampler = CropSampler([source], [set(range(n_frames))], (1, 48, 48), division_bias=bias)
+        draw = np.random.default_rng(3)
+        samples = [sampler.sample(draw) for _ in range(40)]
+        held = [s["info"]["t"] == 2 and s["targets"]["division"][0, 0].any() for s in samples]
+        for sample, hit in zip(samples, held):
+            if hit:
+                offset = mother - np.array(sample["info"]["origin"][1:])
+                assert np.all((offset >= 0) & (offset < 48))
+        return float(np.mean(held))
+
+    assert holds_the_division(1.0) == 1.0
+    assert holds_the_division(0.0) < 0.2
+
+
 # -- fixed-seed overfit on a tiny synthetic series -------------------------------------------
 TINY_RECIPE = {
     "seed": 5, "n_frames": 6, "shape": [1, 64, 64], "voxel_size": [1.0, 0.5, 0.5], "margin": 8.0,
@@ -258,3 +288,10 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     assert calibration["f1"] == max(by_threshold.values()) >= by_threshold["0.50"]
     held_out = evaluate_frames(model, source, [3, 4, 5], threshold=meta["threshold"])
     assert held_out["f1"] == pytest.approx(calibration["f1"])  # the same frames, matcher and threshold
+    # A checkpoint saved without a calibration gets the same one afterwards.
+    save_checkpoint(checkpoint, model, trained_on=meta["trained_on"], channel=meta["channel"],
+                    normalization=meta["normalization"], metrics=meta["metrics"],
+                    training={k: v for k, v in meta["training"].items() if k != "threshold_calibration"})
+    assert load_checkpoint(checkpoint)[1]["threshold"] == 0.5
+    assert calibrate_checkpoint(checkpoint, *dataset[:2]) == calibration
+    assert load_checkpoint(checkpoint)[1]["threshold"] == calibration["threshold"]

@@ -36,5 +36,6 @@ with script_logging(snakemake.log[0]) as log:
         log_dir=Path(snakemake.output.validation).parent,
         val_fraction=training["validation_fraction"],
         working_radius=training["working_radius"],
+        division_bias=training["division_bias"],
         logger=log,
     )

@@ -13,7 +13,13 @@ inference uses them. With probability ``repeat_probability`` the sample is (t, t
 then the repeated-frame pass that inference runs on the last frame.
 
 Crops are biased towards cells: with probability ``cell_bias`` (always in sparse frames) a crop
-is placed so that a random annotated cell of frame t lies at a random position inside it.
+is placed so that a random annotated cell of frame t lies at a random position inside it. With
+probability ``division_bias`` a sample is instead drawn around a division: a frame t whose cells
+include a mother (dividing before t+1), the crop placed on that mother. Divisions are ~1 % of
+cells (28 in the 2607 cells of Fluo-N2DH-SIM+ 01), rare in uniform crops. Measured on SIM+ (binned
+5x, 2000 steps): the division head stayed uninformative with uniform crops (AUROC 0.54 at the
+cells of 02) and with ``division_bias`` 0.3 too (0.53 on 02; on 01's own training frames 0.33 for
+mothers, 0.62 for daughters): more division crops alone do not teach it; see the tracking issue.
 Crops larger than the image are padded with 0 (the normalised background level) and the
 padding counts as background.
 
@@ -227,7 +233,7 @@ class CropSampler:
 
     def __init__(self, sources: Sequence[Source], frames: Sequence[Collection[int]], crop_size: Sequence[int],
                  augmentation: Augmentation | None = None, repeat_probability: float = 0.1,
-                 cell_bias: float = 0.8):
+                 cell_bias: float = 0.8, division_bias: float = 0.0):
         """``frames[i]``: the frames of ``sources[i]`` this sampler may use (e.g. the training part);
         a sample starts at t with t and t+1 among them, and uses t+2 only if it is too."""
         self.sources = list(sources)
@@ -239,13 +245,19 @@ class CropSampler:
         self.augmentation = augmentation or Augmentation.none()
         self.repeat_probability = float(repeat_probability)
         self.cell_bias = float(cell_bias)
+        self.division_bias = float(division_bias)
+        self.division_starts = [k for k, (i, t) in enumerate(self.starts)
+                                if self.sources[i].frame_points(t).mother.any()]
 
     # -- geometry --------------------------------------------------------------------------
-    def _origin(self, rng: np.random.Generator, source: Source, t: int) -> np.ndarray:
+    def _origin(self, rng: np.random.Generator, source: Source, t: int, at_division: bool = False) -> np.ndarray:
         crop, shape = np.array(self.crop), np.array(source.shape)
         cells = source.frame_points(t)
         sparse = not source.complete.get(t, False)
-        if len(cells) and (sparse or rng.random() < self.cell_bias):
+        if at_division:
+            centre = cells.zyx[rng.choice(np.flatnonzero(cells.mother))]
+            origin = np.floor(centre - rng.uniform(0.25, 0.75, size=3) * crop).astype(np.int64) + 1
+        elif len(cells) and (sparse or rng.random() < self.cell_bias):
             centre = cells.zyx[rng.integers(len(cells))]
             origin = np.floor(centre - rng.uniform(0, crop)).astype(np.int64) + 1
         else:
@@ -262,11 +274,16 @@ class CropSampler:
     # -- a sample --------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, index: int | None = None, augment: bool = True) -> dict:
         """One sample: ``image`` (3, Z, Y, X), per-pass ``targets`` stacked (2, ...), embedding cells."""
-        k = int(rng.integers(len(self.starts))) if index is None else index
+        at_division = (self.division_bias > 0 and index is None and bool(self.division_starts)
+                       and rng.random() < self.division_bias)
+        if at_division:
+            k = self.division_starts[int(rng.integers(len(self.division_starts)))]
+        else:
+            k = int(rng.integers(len(self.starts))) if index is None else index
         source_index, t = self.starts[k]
         source = self.sources[source_index]
         frames, repeat = self._frames(rng, source_index, t)
-        origin = self._origin(rng, source, t)
+        origin = self._origin(rng, source, t, at_division)
         aug = self.augmentation if augment else Augmentation.none()
         crop = np.array(self.crop)
         vy, vx = source.voxel_size[1:]

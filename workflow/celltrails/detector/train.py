@@ -434,7 +434,7 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
                    threads: int | None = None, log_dir=None, logger: logging.Logger | None = None,
                    val_fraction: float = 0.15, val_crops: int = 16, augmentation: Augmentation | None = None,
                    loss_weights: LossWeights | None = None, repeat_probability: float = 0.1,
-                   cell_bias: float = 0.8, normalization: tuple[float, float] = (1.0, 99.8), workers: int = 0,
+                   cell_bias: float = 0.8, division_bias: float = 0.0, normalization: tuple[float, float] = (1.0, 99.8), workers: int = 0,
                    amp: bool = True, detection_threshold: float = 0.5, working_radius: float | None = None,
                    select: str = "best", progress: bool | None = None) -> dict:
     """Train a :class:`CellDetector` and save it to ``out_checkpoint``; returns the metrics dict.
@@ -470,7 +470,7 @@ def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
 
 def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, steps, epochs,
            steps_per_epoch, lr, weight_decay, seed, device, threads, log_dir, logger, val_fraction,
-           val_crops, augmentation, loss_weights, repeat_probability, cell_bias, normalization, workers,
+           val_crops, augmentation, loss_weights, repeat_probability, cell_bias, division_bias, normalization, workers,
            amp, detection_threshold, working_radius, select, progress) -> dict:
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
@@ -492,7 +492,7 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
     crop = _crop_size(crop_size, sources, model)
     splits = [split_frames(s, val_fraction) for s in sources]
     train_sampler = CropSampler(sources, [tr for tr, _ in splits], crop, augmentation, repeat_probability,
-                                cell_bias)
+                                cell_bias, division_bias)
     has_val = any(len([t for t in va if t + 1 in va]) for _, va in splits)
     val_batches: list[dict] = []
     if has_val and val_crops > 0:
@@ -610,7 +610,7 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
         "config": config.to_dict(), "crop_size": list(crop), "batch_size": batch_size, "steps": steps,
         "steps_per_epoch": steps_per_epoch, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "val_fraction": val_fraction, "val_crops": val_crops, "repeat_probability": repeat_probability,
-        "cell_bias": cell_bias, "augmentation": dataclasses.asdict(augmentation),
+        "cell_bias": cell_bias, "division_bias": division_bias, "augmentation": dataclasses.asdict(augmentation),
         "loss_weights": dataclasses.asdict(weights), "detection_threshold": detection_threshold,
         "threshold_calibration": calibration,
         "voxel_size": list(sources[0].meta.voxel_size),
