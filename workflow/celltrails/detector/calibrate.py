@@ -19,7 +19,6 @@ import torch
 from celltrails.detector.checkpoint import load_checkpoint, save_checkpoint
 from celltrails.detector.sampling import Source, TrainingDataset
 from celltrails.detector.train import calibrate_threshold
-from celltrails.serialize import load_checkpoint_payload
 
 
 def calibrate_checkpoint(checkpoint: str | Path, image: str | Path, points: str | Path) -> dict | None:
@@ -36,11 +35,10 @@ def calibrate_checkpoint(checkpoint: str | Path, image: str | Path, points: str 
     if source.binning != binning:
         raise ValueError(f"{checkpoint}: the dataset bins {source.binning}x, the checkpoint was trained at {binning}x")
     calibration = calibrate_threshold(model, [source], [record["val_frames"]])
-    payload = load_checkpoint_payload(checkpoint, "celltrails-detector", 1, "detector")
-    training = dict(payload["training"], threshold_calibration=calibration)
-    save_checkpoint(checkpoint, model, trained_on=payload["trained_on"], channel=payload["channel"],
-                    normalization=payload["normalization"], training=training, metrics=payload["metrics"],
-                    voxel_size_trained=payload["voxel_size_trained"])
+    save_checkpoint(checkpoint, model, trained_on=meta["trained_on"], channel=meta["channel"],
+                    normalization=meta["normalization"], metrics=meta["metrics"],
+                    training=dict(meta["training"], threshold_calibration=calibration),
+                    voxel_size_trained=meta["voxel_size_trained"])
     return calibration
 
 

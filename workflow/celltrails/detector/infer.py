@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from celltrails.atomic import atomic_path
+from celltrails.detector.checkpoint import DEFAULT_THRESHOLD
 from celltrails.detector.normalize import normalize_frame
 from celltrails.detector.scale import (
     DEFAULT_WORKING_RADIUS,
@@ -414,7 +415,7 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     model = model.to(torch_device).eval()
     array = binned_image(array, binning)
     voxel_size = working_voxel_size(meta.voxel_size, binning)
-    threshold = float(settings.get("threshold", 0.5)) if threshold is None else threshold
+    threshold = float(settings.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
     frames = FrameCache(array, settings.get("channel", 0) if channel is None else channel,
                         settings.get("normalization", {}))
     runner = PairRunner(model, frames, plan_tiles(array.shape[2:], tile, overlap, size_multiples(model)),

@@ -139,6 +139,7 @@ class Source:
         self._array = None
         self._percentiles: dict[int, tuple[float, float]] = {}
         self._binned_frames: dict[int, np.ndarray] = {}
+        self._hold_binned = self.binning > 1 and 4 * math.prod(self.shape) * self.meta.shape[0] <= BINNED_CACHE_BYTES
 
     def _binning(self, table: pd.DataFrame, nucleus_radius: float | None, working_radius: float | None) -> int:
         if working_radius is None:
@@ -187,7 +188,7 @@ class Source:
         Binning a crop costs more than reading it; a whole binned series of up to
         ``BINNED_CACHE_BYTES`` is kept in memory (Fluo-N2DH-SIM+ 01 binned 5x: 4.5 MB) instead.
         """
-        if self.binning == 1 or 4 * math.prod(self.shape) * self.meta.shape[0] > BINNED_CACHE_BYTES:
+        if not self._hold_binned:
             return self.array[t, self.channel]
         if t not in self._binned_frames:
             self._binned_frames[t] = np.asarray(self.array[t, self.channel], dtype=np.float32)
