@@ -97,9 +97,10 @@ def test_division_targets_mark_mothers_and_daughters_not_gaps():
     assert daughters[24, 25] == 0  # cell 5's first frame: a gap continuation
     before_gap = render_pass_targets(frame_points(table, 0), frame_points(table, 1), shape, VOXEL_2D)
     assert not before_gap["division"].any()  # cell 4's last frame is no mother
-    repeated = render_pass_targets(frame_points(table, 2), frame_points(table, 2), shape, VOXEL_2D,
+    assert tg["division"][0].any()  # frame 1 holds the mother of cells 2 and 3 ...
+    repeated = render_pass_targets(frame_points(table, 1), frame_points(table, 1), shape, VOXEL_2D,
                                    same_frame=True)
-    assert not repeated["division"][1].any()  # (t, t): nobody is born
+    assert not repeated["division"].any()  # ... but in (t, t) nothing divides and nobody is born
 
 
 def test_sparse_frames_only_teach_near_annotated_cells():

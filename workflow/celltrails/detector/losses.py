@@ -11,6 +11,14 @@
   mean over masked voxels, each channel with its own mask (ch0 frame t, ch1 frame t+1). A weight
   w multiplies the learnt odds by about w, and the linker reads the probability as a likelihood,
   so the weight stays small (20 made the detector call 4-5x more divisions than there were).
+  Its **loss weight is 30**, not 1: the masked mean is tiny (~20 positive voxels per 64^2 crop
+  around a mother, none in most crops; ~0.03 against ~1 for the rest), so with weight 1 the
+  shared trunk never learnt a division feature. Measured on Fluo-N2DH-SIM+ 01 (binned 5x, 800
+  steps, base 8, division_bias 0.3, whole training frames): AUROC of the mother channel at the
+  27 mothers among all cells 0.38 with weight 1, 0.99 with weight 30 (daughters 0.39 -> 0.99),
+  validation detection F1 0.955 vs 0.942. The weight rescales the gradient only, not the
+  optimum, so the probabilities keep their meaning; ``division_pos_weight`` 1 at weight 30 did
+  not learn in the same 800 steps (AUROC 0.68).
 * embedding: a metric loss on the unit-length embeddings read at annotated centres, within each
   training sample (frames t, t+1 from two passes; pair relations from
   :func:`celltrails.detector.targets.embedding_relations`). Two are implemented:
@@ -72,7 +80,7 @@ class LossWeights:
     center: float = 1.0
     foreground: float = 1.0
     radius: float = 0.1
-    division: float = 1.0
+    division: float = 30.0  # see the module docstring: the masked mean is tiny
     embedding: float = 1.0
     division_pos_weight: float = 5.0
     focal_alpha: float = 2.0

@@ -19,7 +19,9 @@ Targets of one network pass on frames (a, b) (b = a + 1, or b = a for a repeated
   core (half radius, at least the centre voxel) of the nucleus. A *mother* is the last frame of a
   track with two (or more) child tracks; a *daughter* is the first frame of a track whose parent
   track has two or more children. A track with a single child is a gap continuation (the cell was
-  missed for some frames), not a division, and marks nothing. For b = a nothing is born, ch1 = 0.
+  missed for some frames), not a division, and marks nothing. For b = a (the repeated last frame)
+  nothing divides and nothing is born: both channels are 0, since a mother is defined by daughters
+  the pass cannot see (teaching it there would contradict the (a, a + 1) passes).
 * ``mask`` (2, Z, Y, X): where the losses may look. ch0 covers center, foreground, radius and
   division ch0 (about frame a), ch1 covers division ch1 (about frame b).
 
@@ -206,13 +208,13 @@ def render_pass_targets(cells_a: FramePoints, cells_b: FramePoints, shape: Seque
         foreground[tuple(v)] = 1.0
 
     mask_a = np.ones(shape, np.float32) if complete_a else _context_mask(cells_a, shape, voxel, context)
-    if same_frame:
+    if same_frame:  # (a, a): nothing divides between a frame and itself
         mask_b = mask_a
-        daughters = np.zeros(shape, np.float32)
+        mothers = daughters = np.zeros(shape, np.float32)
     else:
         mask_b = np.ones(shape, np.float32) if complete_b else _context_mask(cells_b, shape, voxel, context)
+        mothers = _division_cores(cells_a, cells_a.mother, shape, voxel)
         daughters = _division_cores(cells_b, cells_b.daughter, shape, voxel)
-    mothers = _division_cores(cells_a, cells_a.mother, shape, voxel)
     return {
         "center": center[None],
         "foreground": foreground[None],
