@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from celltrails.detector.checkpoint import load_checkpoint, save_checkpoint
+from celltrails.detector.infer import FrameCache
 from celltrails.detector.model import CellDetector, DetectorConfig, count_parameters
 from celltrails.detector.normalize import (
     apply_percentiles,
@@ -14,6 +15,8 @@ from celltrails.detector.normalize import (
     normalize_frame,
     percentiles_from_store,
     sample_strides,
+    series_frames,
+    series_percentiles,
 )
 from celltrails.detector.sampling import Source, TrainingDataset
 from celltrails.ome_zarr_io import create_image_store
@@ -141,3 +144,47 @@ def test_normalize_frame_is_tile_independent(tmp_path):
     assert not region[:, :10].any() and not region[:, :, 10:].any()
     flat = normalize_frame(np.full((10, 10), 7, np.uint16))
     assert np.isfinite(flat).all() and (flat == 0).all()
+
+
+def _bright_then_dim_series() -> np.ndarray:
+    """(t, c, z, y, x): background ~N(100, 3); frame 0 holds bright nuclei, frame 1 one faint one."""
+    rng = np.random.default_rng(3)
+    series = rng.normal(100.0, 3.0, size=(2, 1, 1, 96, 96))
+    series[0, 0, 0, 10:30, 10:30] = 400.0
+    series[0, 0, 0, 50:70, 40:60] = 380.0
+    series[1, 0, 0, 40:46, 40:46] = 115.0
+    return series.astype(np.float32)
+
+
+def test_series_normalisation_keeps_dim_frames_dim():
+    """Per-frame percentiles stretch a dim frame's noise to nucleus brightness (false detections on
+    Fluo-N2DH-SIM+ 02); one range for the series keeps the noise at its level."""
+    assert series_frames(3) == [0, 1, 2]
+    frames = series_frames(150)
+    assert len(frames) == 16 and frames[0] == 0 and frames[-1] == 149
+    series = _bright_then_dim_series()
+    lo, hi = series_percentiles(series, 0)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(series[:, 0].astype(np.float64), [1.0, 99.8])))
+    noise = (slice(None), slice(70, 96), slice(70, 96))  # background of the dim frame
+    per_series = FrameCache(series, 0, {"method": "percentile", "low": 1.0, "high": 99.8, "scope": "series"})
+    per_frame = FrameCache(series, 0, {"method": "percentile", "low": 1.0, "high": 99.8})  # no scope: frame
+    dim_series, dim_frame = per_series.pair(0, 1)[1], per_frame.pair(0, 1)[1]
+    assert dim_series[noise].max() < 0.15  # noise stays noise
+    assert dim_frame[noise].max() > 0.5  # stretched towards the brightness of a nucleus
+    np.testing.assert_allclose(per_series.pair(0, 1)[0], apply_percentiles(series[0, 0], lo, hi))
+
+
+def test_training_source_normalises_with_one_range_per_series(tmp_path):
+    series = _bright_then_dim_series()
+    store = tmp_path / "img.ome.zarr"
+    array = create_image_store(store, series.shape, np.float32, (1.0, 1.0, 1.0), 1.0, ["nuclei"])
+    array[:] = series
+    points = pd.DataFrame({"t": [0, 1], "z": [0.0, 0.0], "y": [20.0, 43.0], "x": [20.0, 43.0],
+                           "cell_id": [1, 2], "parent_id": [-1, -1], "radius": [8.0, 3.0]})
+    source = Source(TrainingDataset(store, points, "dim"))
+    assert source.percentiles(0) == source.percentiles(1) == series_percentiles(array, 0)
+    frame_scoped = Source(TrainingDataset(store, points, "dim"), scope="frame")
+    assert frame_scoped.percentiles(1) == percentiles_from_store(array, 1, 0)
+    assert frame_scoped.percentiles(1)[1] < source.percentiles(1)[1]
+    with pytest.raises(ValueError, match="scope"):
+        Source(TrainingDataset(store, points, "dim"), scope="tile")

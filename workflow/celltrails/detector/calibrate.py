@@ -31,7 +31,8 @@ def calibrate_checkpoint(checkpoint: str | Path, image: str | Path, points: str 
     record = trained[0]
     binning = int(record.get("binning", 1))
     source = Source(TrainingDataset(image, points, record["name"]),
-                    working_radius=meta["working_radius"] if binning > 1 else None)
+                    working_radius=meta["working_radius"] if binning > 1 else None,
+                    scope=meta["normalization"].get("scope", "frame"))
     if source.binning != binning:
         raise ValueError(f"{checkpoint}: the dataset bins {source.binning}x, the checkpoint was trained at {binning}x")
     calibration = calibrate_threshold(model, [source], [record["val_frames"]])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.checkpoint import DEFAULT_THRESHOLD
-from celltrails.detector.normalize import normalize_frame
+from celltrails.detector.normalize import apply_percentiles, normalize_frame, series_percentiles
 from celltrails.detector.scale import (
     DEFAULT_WORKING_RADIUS,
     binned_image,
@@ -134,16 +134,30 @@ def tile_batch(frames: tuple[np.ndarray, np.ndarray], grid: TileGrid, indices: S
 # --- reading ----------------------------------------------------------------------------------------
 
 class FrameCache:
-    """Normalised frames of one channel, read once each and kept only while a pair needs them."""
+    """Normalised frames of one channel, read once each and kept only while a pair needs them.
+
+    Normalised as the checkpoint was trained: one (low, high) pair for the series (scope
+    "series"), or each frame with its own (scope "frame", also checkpoints that name no scope).
+    """
 
     def __init__(self, array: Any, channel: int, normalization: Mapping[str, Any]):
         method = normalization.get("method", "percentile")
         if method != "percentile":
             raise ValueError(f"unknown normalization method {method!r} (expected 'percentile')")
+        scope = normalization.get("scope", "frame")
+        if scope not in ("series", "frame"):
+            raise ValueError(f"unknown normalization scope {scope!r} (expected 'series' or 'frame')")
         self.array = array
         self.channel = channel
         self.percentiles = {k: float(normalization[k]) for k in ("low", "high") if k in normalization}
+        self.series_range = series_percentiles(array, channel, **self.percentiles) if scope == "series" else None
         self.frames: dict[int, np.ndarray] = {}
+
+    def _normalized(self, t: int) -> np.ndarray:
+        frame = np.asarray(self.array[t, self.channel])
+        if self.series_range is None:
+            return normalize_frame(frame, **self.percentiles)
+        return apply_percentiles(frame, *self.series_range)
 
     def pair(self, t: int, t_next: int) -> tuple[np.ndarray, np.ndarray]:
         """Frames t and t_next (normalised, float32, (z, y, x)); all others are dropped."""
@@ -151,7 +165,7 @@ class FrameCache:
             del self.frames[key]
         for key in (t, t_next):
             if key not in self.frames:
-                self.frames[key] = normalize_frame(np.asarray(self.array[key, self.channel]), **self.percentiles)
+                self.frames[key] = self._normalized(key)
         return self.frames[t], self.frames[t_next]
 
 

@@ -52,7 +52,12 @@ import pandas as pd
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from celltrails.detector.normalize import apply_percentiles, percentiles_from_store
+from celltrails.detector.normalize import (
+    SCOPES,
+    apply_percentiles,
+    percentiles_from_store,
+    series_percentiles,
+)
 from celltrails.detector.scale import binned_image, binning_factor, to_working, working_voxel_size
 from celltrails.detector.targets import FramePoints, division_flags, embedding_relations, render_pass_targets
 from celltrails.ground_truth import check_points_fit_image, load_ground_truth, normalise_points
@@ -107,7 +112,8 @@ class Source:
     """One dataset opened for sampling: lazy zarr access, points per frame, cached percentiles."""
 
     def __init__(self, dataset: TrainingDataset, channel: int = 0, low: float = 1.0, high: float = 99.8,
-                 default_radius: float | None = None, working_radius: float | None = None):
+                 default_radius: float | None = None, working_radius: float | None = None,
+                 scope: str = "series"):
         self.dataset = dataset
         self.name = dataset.name
         self.image_path = str(dataset.image)
@@ -117,6 +123,9 @@ class Source:
             raise ValueError(f"dataset '{self.name}': channel {channel} does not exist "
                              f"(the image has {self.meta.shape[1]})")
         self.low, self.high = float(low), float(high)
+        if scope not in SCOPES:
+            raise ValueError(f"normalization scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
         points = dataset.points
         if isinstance(points, pd.DataFrame):
             table = normalise_points(points, self.name, "<table>")
@@ -195,9 +204,14 @@ class Source:
         return self._binned_frames[t]
 
     def percentiles(self, t: int) -> tuple[float, float]:
-        if t not in self._percentiles:
-            self._percentiles[t] = percentiles_from_store(self.array, t, self.channel, self.low, self.high)
-        return self._percentiles[t]
+        """The (low, high) intensities frame ``t`` is normalised with (one pair for the series with
+        scope "series"; see :mod:`celltrails.detector.normalize`)."""
+        key = -1 if self.scope == "series" else int(t)
+        if key not in self._percentiles:
+            self._percentiles[key] = (
+                series_percentiles(self.array, self.channel, self.low, self.high) if key < 0
+                else percentiles_from_store(self.array, t, self.channel, self.low, self.high))
+        return self._percentiles[key]
 
     def read(self, t: int, origin: Sequence[int], size: Sequence[int]) -> np.ndarray:
         """Normalised float32 (Z, Y, X) region of frame ``t``; outside the image: 0."""
@@ -453,6 +467,7 @@ class SampleStream(torch.utils.data.IterableDataset):
 
 
 def open_sources(datasets: Sequence, channel: int = 0, low: float = 1.0, high: float = 99.8,
-                 working_radius: float | None = None) -> list[Source]:
+                 working_radius: float | None = None, scope: str = "series") -> list[Source]:
     """Open the training datasets, binned to ``working_radius`` when it is given."""
-    return [Source(as_training_dataset(d), channel, low, high, working_radius=working_radius) for d in datasets]
+    return [Source(as_training_dataset(d), channel, low, high, working_radius=working_radius, scope=scope)
+            for d in datasets]

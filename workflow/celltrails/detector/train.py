@@ -434,7 +434,9 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
                    threads: int | None = None, log_dir=None, logger: logging.Logger | None = None,
                    val_fraction: float = 0.15, val_crops: int = 16, augmentation: Augmentation | None = None,
                    loss_weights: LossWeights | None = None, repeat_probability: float = 0.1,
-                   cell_bias: float = 0.8, division_bias: float = 0.0, normalization: tuple[float, float] = (1.0, 99.8), workers: int = 0,
+                   cell_bias: float = 0.8, division_bias: float = 0.0,
+                   normalization: tuple[float, float] = (1.0, 99.8), normalization_scope: str = "series",
+                   workers: int = 0,
                    amp: bool = True, detection_threshold: float = 0.5, working_radius: float | None = None,
                    select: str = "best", progress: bool | None = None) -> dict:
     """Train a :class:`CellDetector` and save it to ``out_checkpoint``; returns the metrics dict.
@@ -445,7 +447,9 @@ def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig
     crops); validation runs after every epoch. ``device``: "cpu", "cuda", "cuda:1", ...;
     ``threads``: CPU threads for torch. ``progress``: tqdm bar (None = only on a terminal).
     ``working_radius`` (xy px): bin each dataset in y, x so that its nuclei come near this radius
-    (:mod:`celltrails.detector.scale`); None trains at the images' own scale.
+    (:mod:`celltrails.detector.scale`); None trains at the images' own scale. ``normalization``:
+    (low, high) percentiles mapped to 0 and 1, taken per ``normalization_scope`` ("series" or
+    "frame", :mod:`celltrails.detector.normalize`).
     """
     settings = dict(locals())
     settings["logger"] = logger or logging.getLogger("celltrails.detector.train")
@@ -470,8 +474,8 @@ def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
 
 def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, steps, epochs,
            steps_per_epoch, lr, weight_decay, seed, device, threads, log_dir, logger, val_fraction,
-           val_crops, augmentation, loss_weights, repeat_probability, cell_bias, division_bias, normalization, workers,
-           amp, detection_threshold, working_radius, select, progress) -> dict:
+           val_crops, augmentation, loss_weights, repeat_probability, cell_bias, division_bias, normalization,
+           normalization_scope, workers, amp, detection_threshold, working_radius, select, progress) -> dict:
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if batch_size < 1:
@@ -481,7 +485,7 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
     _seed_everything(seed)
 
     low, high = normalization
-    sources = open_sources(datasets, channel, low, high, working_radius)
+    sources = open_sources(datasets, channel, low, high, working_radius, normalization_scope)
     for source in sources:
         if source.binning > 1:
             logger.info("dataset %s is binned %dx%d in y, x (nuclei of radius %.1f px become %.1f px)",
@@ -621,7 +625,8 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
     }
     model.eval()
     save_checkpoint(out_checkpoint, model, trained_on=[s.name for s in sources], channel=channel,
-                    normalization=normalization_settings(low, high), training=training, metrics=metrics)
+                    normalization=normalization_settings(low, high, normalization_scope), training=training,
+                    metrics=metrics)
     logger.info("detector saved to %s (epoch %d, val F1 %.3f, %.2f s/step)", out_checkpoint, chosen["epoch"],
                 metrics.get("val_f1", float("nan")), metrics["seconds_per_step"])
     return metrics
