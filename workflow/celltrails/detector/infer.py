@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from celltrails.atomic import atomic_path
 from celltrails.detector.checkpoint import DEFAULT_THRESHOLD
-from celltrails.detector.normalize import apply_percentiles, normalize_frame, series_percentiles
+from celltrails.detector.normalize import SCOPES, apply_percentiles, normalize_frame, series_percentiles
 from celltrails.detector.scale import (
     DEFAULT_WORKING_RADIUS,
     binned_image,
@@ -145,8 +145,8 @@ class FrameCache:
         if method != "percentile":
             raise ValueError(f"unknown normalization method {method!r} (expected 'percentile')")
         scope = normalization.get("scope", "frame")
-        if scope not in ("series", "frame"):
-            raise ValueError(f"unknown normalization scope {scope!r} (expected 'series' or 'frame')")
+        if scope not in SCOPES:
+            raise ValueError(f"unknown normalization scope {scope!r} (expected one of {SCOPES})")
         self.array = array
         self.channel = channel
         self.percentiles = {k: float(normalization[k]) for k in ("low", "high") if k in normalization}
