@@ -56,6 +56,29 @@ def test_division_takes_two_successors():
     assert division["second_successor"].sum() == 1
 
 
+def lopsided_division_truth() -> Truth:
+    """A mother (radius 8) whose one daughter (radius 6) appears 2 px from it, the other 16 px."""
+    mother = Track(1, [(t, 50.0, 50.0, 8.0) for t in range(3)])
+    near = Track(2, [(t, 52.0, 50.0, 6.0) for t in range(3, 5)], parent=1)
+    far = Track(3, [(t, 34.0, 50.0, 6.0) for t in range(3, 5)], parent=1)
+    return Truth([mother, near, far])
+
+
+def test_daughters_are_expected_beside_the_mother():
+    # The far daughter is 16 px = 2.7 daughter radii from the mother's centre: as a plain successor
+    # it costs (16 / 8)^2 = 4 in displacement alone, more than a birth plus the mother's saved
+    # "no division" term, so without the daughter offset it is a new cell; expected one daughter
+    # radius out, it costs (10 / 8)^2 = 1.6 and the division is found.
+    det = make_detections(lopsided_division_truth())
+    divided = {(2, 1, 2), (2, 1, 3)}
+    assert divided <= chosen_pairs(link_frames(det, 0, 4), det)
+    assert not divided <= chosen_pairs(link_frames(det, 0, 4, LinkParams(daughter_offset=0.0)), det)
+    # A cell that does not divide gains nothing: it keeps its one successor.
+    det["division_prob"] = 0.01
+    pairs = chosen_pairs(link_frames(det, 0, 4), det)
+    assert [p for p in pairs if p[0] == 2 and p[1] == 1] == [(2, 1, 2)]
+
+
 def test_low_division_probability_prevents_division():
     det = make_detections(division_truth())
     det["division_prob"] = 0.01

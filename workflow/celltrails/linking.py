@@ -59,6 +59,10 @@ class LinkParams:
             divide pays -log(1 - p_mother); its second successor (a division) pays its link cost
             plus -log(sqrt(p_mother * p_daughter)). With p = 0.5 both are 0.69, so a division is
             taken when the daughter's link cost beats a birth, as with no division information.
+        daughter_offset: where a second successor (a daughter) is expected, in daughter radii from
+            the mother's centre: the two daughters of a dividing nucleus sit side by side where it
+            was, so a daughter's displacement counts only beyond this distance. 0 expects daughters
+            at the mother's centre, like any successor.
         dense_limit: connected components of the candidate graph with more rows + columns than
             this are solved with the sparse solver instead of a dense matrix (same optimum).
     """
@@ -76,6 +80,7 @@ class LinkParams:
     appear_cost: float = 2.0
     disappear_cost: float = 2.0
     division_weight: float = 1.0
+    daughter_offset: float = 1.0
     dense_limit: int = 2000
 
     def __post_init__(self) -> None:
@@ -84,8 +89,8 @@ class LinkParams:
                              f"not {self.embedding_metric!r}")
         if len(self.voxel_size) != 3 or min(self.voxel_size) <= 0:
             raise ValueError(f"voxel_size must be three positive numbers (z, y, x), not {self.voxel_size}")
-        if self.appear_cost < 0 or self.disappear_cost < 0 or self.division_weight < 0:
-            raise ValueError("appear_cost, disappear_cost and division_weight must be >= 0")
+        if min(self.appear_cost, self.disappear_cost, self.division_weight, self.daughter_offset) < 0:
+            raise ValueError("appear_cost, disappear_cost, division_weight and daughter_offset must be >= 0")
 
 
 def embedding_columns(detections: pd.DataFrame) -> list[str]:
@@ -260,9 +265,10 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
     """Candidate and chosen edges from the cells of one frame (``source``) to the next (``target``).
 
     The index of each table holds the cell ids. Returns one row per candidate edge (columns
-    ``EDGE_COLUMNS``): ``cost`` is the 1-to-1 link cost, ``division_cost`` the extra cost when the
-    edge fills a mother's second-successor (division) slot, ``chosen`` marks the selected edges and
-    ``second_successor`` the chosen edge that filled that slot.
+    ``EDGE_COLUMNS``): ``cost`` is the 1-to-1 link cost (for an edge chosen as a second successor,
+    its cost as a daughter, see ``LinkParams.daughter_offset``, plus ``division_cost``),
+    ``division_cost`` the division log-likelihood term of the second-successor (division) slot,
+    ``chosen`` marks the selected edges and ``second_successor`` the chosen edge that filled that slot.
     """
     check_detections(source)
     check_detections(target)
@@ -283,6 +289,8 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
                                                  target[columns].to_numpy(float)[j],
                                                  params.embedding_metric) / scale
     cost = transition_cost(distance, r_from[i], r_to[j], emb_distance, params)
+    daughter_cost = transition_cost(np.maximum(0.0, distance - params.daughter_offset * r_to[j]), r_from[i],
+                                    r_to[j], emb_distance, params)
     p_mother, p_daughter = division_probability(source), division_probability(target)
     no_division = params.division_weight * -np.log1p(-p_mother)
     division = params.division_weight * -(np.log(p_mother[i]) + np.log(p_daughter[j])) / 2
@@ -299,7 +307,7 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
     n = len(source)
     chosen = solve_assignment(
         rows=np.concatenate([i, n + i]), cols=np.concatenate([j, j]),
-        costs=np.concatenate([cost, cost + division]),
+        costs=np.concatenate([cost, daughter_cost + division]),
         row_skip=np.concatenate([np.full(n, params.disappear_cost), no_division]),
         col_skip=np.full(len(target), params.appear_cost), dense_limit=params.dense_limit)
     first, second = chosen[: len(i)], chosen[len(i):]
@@ -307,7 +315,7 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
         "t": np.full(len(i), int(source["t"].iloc[0]), dtype=np.int64),
         "source": source.index.to_numpy(np.int64)[i], "target": target.index.to_numpy(np.int64)[j],
         "distance": distance, "embedding_distance": emb_distance,
-        "cost": cost + np.where(second, division, 0.0), "division_cost": division,
+        "cost": np.where(second, daughter_cost + division, cost), "division_cost": division,
         "chosen": first | second, "second_successor": second})
     return edges.sort_values(["source", "target"], ignore_index=True)
 
