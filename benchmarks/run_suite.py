@@ -5,12 +5,12 @@
 Full run (about 45 min on 2 idle CPU cores): accuracy and per-stage cost from raw images on
 Fluo-N2DH-SIM+ 02 and Fluo-N2DH-GOWT1 02 (from ../shared/data/ctc; skipped with a message when
 absent) and the held-out synthetic 3D series, for celltrails (trained on 01, and zero-shot),
-scikit-image + laptrack, ultrack (its own venv; skipped with a message when absent) and motile;
-linking throughput at 1k / 10k / 100k detections per frame; end-to-end time against series
+scikit-image + laptrack, ultrack (its own venv; skipped with a message when absent), and laptrack
+and motile on celltrails' detections; linking throughput at 1k / 10k / 100k detections per frame; end-to-end time against series
 length (50 .. 500 frames). Writes benchmarks/results.md, results.json and two PNG plots.
 
-``--quick`` (a few minutes): a small synthetic 3D series with celltrails (shipped checkpoint) and
-the classical pipeline only, throughput at 1k, scaling at 50 and 100 frames; it writes the same
+``--quick`` (a few minutes): a small synthetic 3D series with celltrails (shipped checkpoint), the
+classical pipeline and laptrack on celltrails' detections only, throughput at 1k, scaling at 50 and 100 frames; it writes the same
 files into the work directory, never over the full results in benchmarks/.
 
 The work directory (default benchmarks/work/<mode>, git-ignored) holds every intermediate file
@@ -55,7 +55,7 @@ class Mode:
 
 
 FULL = Mode("full", tuple(accuracy.TOOLS), True, (1_000, 10_000, 100_000), 900.0, (50, 100, 200, 500), {})
-QUICK = Mode("quick", ("celltrails_zeroshot", "classical_laptrack"), False, (1_000,), 120.0, (50, 100),
+QUICK = Mode("quick", ("celltrails_zeroshot", "classical_laptrack", "laptrack_detections"), False, (1_000,), 120.0, (50, 100),
              {"shape": [1, 64, 64], "n_cells": 8})
 
 

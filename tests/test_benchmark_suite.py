@@ -2,7 +2,8 @@
 
 Only that it works: the figures themselves are the benchmark's business, not CI's. Needs neither the
 CTC data nor ultrack nor motile (quick mode runs celltrails with its shipped checkpoint and the
-classical scikit-image + laptrack pipeline on a small synthetic series).
+classical scikit-image + laptrack pipeline on a small synthetic series, and laptrack again on
+celltrails' detections).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
     assert results["environment"]["versions"]["dependencies"]["snakemake"]
 
     tools = results["accuracy"]["quick3d"]["tools"]
-    assert set(tools) == {"celltrails_zeroshot", "classical_laptrack"}
+    assert set(tools) == {"celltrails_zeroshot", "classical_laptrack", "laptrack_detections"}
     for tool in tools.values():
         assert "error" not in tool, tool.get("error")
         assert {"TRA", "DET", "LNK", "division_f1"} <= set(tool["metrics"])
@@ -40,6 +41,8 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
         assert tool["end_to_end_s"] > 0 and tool["peak_rss_mb"] > 0
     assert {"convert", "detect", "link", "lineage"} <= set(tools["celltrails_zeroshot"]["stages"])
     assert {"segment", "link"} <= set(tools["classical_laptrack"]["stages"])
+    # laptrack links celltrails' own detections: their convert and detect stages are reused.
+    assert tools["laptrack_detections"]["stages"]["detect"] == tools["celltrails_zeroshot"]["stages"]["detect"]
 
     runs = results["throughput"]["runs"]
     assert {(r["tool"], r["per_frame"]) for r in runs} == {("celltrails", 1000), ("laptrack", 1000)}

@@ -4,8 +4,9 @@ celltrails runs through snakemake (``suite.celltrails_runner``): one working dir
 training series (trained on the matching ``01``) and one with the shipped checkpoints (zero-shot;
 it also generates the synthetic series the peers then read). The peers run stage by stage, each
 stage its own measured process: the classical pipeline (``suite.classical``), ultrack on its
-foreground and contours (``suite.ultrack_runner``, in ultrack's own venv) and motile on
-celltrails' detections (``suite.motile_runner``). Every CTC result, celltrails' included, is
+foreground and contours (``suite.ultrack_runner``, in ultrack's own venv), and laptrack and
+motile on celltrails' detections (``suite.laptrack_runner``, ``suite.motile_runner``: the linkers
+compared on identical input). Every CTC result, celltrails' included, is
 scored by the same ``suite.score`` stage (``celltrails.evaluate.evaluate_ctc``); the TRA of the
 workflow's own evaluate_tracking rule (the same function) is kept beside it as a cross-check.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from celltrails.sources import open_source
@@ -24,6 +26,7 @@ from celltrails.sources import open_source
 from suite import celltrails_runner
 from suite.classical import PARAMETERS as CLASSICAL_PARAMETERS
 from suite.datasets import Benchmark, Series
+from suite.laptrack_runner import PARAMETERS as LAPTRACK_PARAMETERS
 from suite.measure import Stage, StageFailed, python_stage
 from suite.motile_runner import PARAMETERS as MOTILE_PARAMETERS
 from suite.score import gt_divisions
@@ -34,8 +37,11 @@ TOOLS = {
     "celltrails_zeroshot": "celltrails (shipped checkpoint, zero-shot)",
     "classical_laptrack": "scikit-image + laptrack",
     "ultrack": "ultrack (CBC)",
+    "laptrack_detections": "laptrack on celltrails detections",
     "motile": "motile (SCIP) on celltrails detections",
 }
+# Peers that link celltrails' own detections, with the runner module of each.
+ON_OUR_DETECTIONS = {"laptrack_detections": "laptrack_runner", "motile": "motile_runner"}
 # Stages that make up a tool's end-to-end time (evaluation and training are reported apart).
 INFERENCE_STAGES = ("convert", "segment", "detect", "link", "lineage", "track", "export")
 SHIPPED_WORKDIR = "celltrails-shipped"
@@ -53,7 +59,8 @@ class Plan:
 
 def tool_parameters() -> dict:
     """The generic parameters of every peer (sizes in units of the nucleus radius r)."""
-    return {"classical_laptrack": CLASSICAL_PARAMETERS, "ultrack": ULTRACK_PARAMETERS, "motile": MOTILE_PARAMETERS,
+    return {"classical_laptrack": CLASSICAL_PARAMETERS, "ultrack": ULTRACK_PARAMETERS,
+            "laptrack_detections": LAPTRACK_PARAMETERS, "motile": MOTILE_PARAMETERS,
             "celltrails": {"config": "workflow defaults (link, lineage, detector); training: the detector.training "
                                      "block of config/training/detector_simplus.yaml / detector_gowt1.yaml"}}
 
@@ -157,7 +164,7 @@ class PeerJob:
 
 def run_peers(benchmark: Benchmark, work: Path, plan: Plan, celltrails: dict) -> dict:
     """The peers on one series: {tool key: result or {"error"}}; ``celltrails`` holds the
-    celltrails results of this series (motile reuses their detections and detection stages)."""
+    celltrails results of this series (laptrack and motile reuse their detections and detection stages)."""
     series = benchmark.evaluate
     job = PeerJob(series, work, work / "peers" / series.name, work / "logs" / "peers" / series.name,
                   series_frames(series, work))
@@ -175,8 +182,9 @@ def run_peers(benchmark: Benchmark, work: Path, plan: Plan, celltrails: dict) ->
             results["classical_laptrack"] = _guarded(lambda: _classical(job, segment))
         if "ultrack" in plan.tools and "ultrack" not in unavailable:
             results["ultrack"] = _guarded(lambda: _ultrack(job, segment, plan.ultrack_python))
-    if "motile" in plan.tools and "motile" not in unavailable:
-        results["motile"] = _guarded(lambda: _motile(job, celltrails))
+    for tool, module in ON_OUR_DETECTIONS.items():
+        if tool in plan.tools and tool not in unavailable:
+            results[tool] = _guarded(partial(_on_our_detections, job, celltrails, tool, module))
     return results
 
 
@@ -206,18 +214,19 @@ def _ultrack(job: PeerJob, segment: Stage, python: Path) -> dict:
                                       "foreground and contours)")
 
 
-def _motile(job: PeerJob, celltrails: dict) -> dict:
+def _on_our_detections(job: PeerJob, celltrails: dict, tool: str, module: str) -> dict:
+    """``tool`` (run by ``suite.<module>``) linking the detections of this series' celltrails run."""
     source = next((celltrails[k] for k in ("celltrails_trained", "celltrails_zeroshot")
                    if k in celltrails and "error" not in celltrails[k]), None)
     if source is None:
         return {"error": "no celltrails detections to link (the celltrails runs failed)"}
     results = Path(source["workdir"]) / "results" / job.series.name
-    res = job.out / "motile" / "RES"
-    link = python_stage("motile_runner", [str(results / "detections.parquet"), str(results / "image.ome.zarr"),
-                                          str(res), "--radius", f"{job.series.radius_px:g}"],
-                        job.logs / "motile.log")
-    score, metrics = job.score("motile", res)
+    res = job.out / tool / "RES"
+    link = python_stage(module, [str(results / "detections.parquet"), str(results / "image.ome.zarr"),
+                                 str(res), "--radius", f"{job.series.radius_px:g}"],
+                        job.logs / f"{tool}.log")
+    score, metrics = job.score(tool, res)
     reused = {k: Stage(**v) for k, v in source["stages"].items() if k in ("convert", "detect")}
     return _result({**reused, "link": link, "evaluate": score}, metrics, job.n_frames,
-                   note=f"convert and detect are celltrails' ({Path(source['workdir']).name}): motile links the "
-                        "same detections")
+                   note=f"convert and detect are celltrails' ({Path(source['workdir']).name}): "
+                        f"{TOOLS[tool].split(' on ')[0]} links the same detections")

@@ -22,7 +22,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from suite.accuracy import TOOLS
 
-PEERS = ("classical_laptrack", "ultrack", "motile")
+PEERS = ("classical_laptrack", "ultrack", "laptrack_detections", "motile")
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -83,7 +83,7 @@ def plot_accuracy_vs_time(results: dict, path: Path) -> None:
     """TRA against end-to-end wall time, one panel per dataset, one marker per tool."""
     datasets = list(results["accuracy"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(6.0, 4.2 * len(datasets)), 3.8), squeeze=False)
-    markers = dict(zip(TOOLS, "o^sDv"))
+    markers = dict(zip(TOOLS, "o^sDPv"))
     for ax, name in zip(axes[0], datasets):
         for key, result in results["accuracy"][name]["tools"].items():
             if _ok(result) and result["metrics"]["TRA"] is not None:
