@@ -16,7 +16,7 @@ from celltrails.ctc import (
 )
 from celltrails.ctc_export import render_frame, write_ctc
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges, write_metrics
-from celltrails.lineage import assemble_tracks
+from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
 from ctc_metrics import validate_sequence
 from detections_factory import (
@@ -77,11 +77,34 @@ def test_anisotropic_3d_result_is_valid_and_matches_truth(tmp_path):
     z = 4.0 + 0.2 * det["t"] + (det["label"] % 3)      # slices of 3 um; cells at different depths
     det, truth = det.assign(z=z), truth.assign(z=truth["cell_id"].map(z))
     params = LinkParams(voxel_size=(3.0, 1.0, 1.0))
-    tracks = assemble_tracks(det, link_frames(det, 0, N_FRAMES - 1, params), params)
+    # The truth keeps its gap (track 6 continues 5 after a missing frame), so the gap is not filled.
+    tracks = assemble_tracks(det, link_frames(det, 0, N_FRAMES - 1, params), params, LineageParams(fill_gaps=False))
     write_ctc(tracks, tmp_path / "RES", (12, 200, 200), N_FRAMES, voxel_size=(3.0, 1.0, 1.0))
     assert_valid_ctc(tmp_path / "RES")
     scores = evaluate_points(points_of(truth), tracks, threshold=3.0, scale=(3.0, 1.0, 1.0))
     assert scores["TRA"] == scores["division_f1"] == 1.0
+
+
+def test_filled_gap_recovers_the_missed_cell(tmp_path):
+    """The detector misses a cell for one frame; filling the closed gap scores it as found, a
+    parent link across the gap scores a false link and a missed cell."""
+    whole = Truth([Track(1, [(t, 60.0, 40.0 + 2 * t, 8.0) for t in range(N_FRAMES)]),
+                   Track(2, [(t, 140.0, 150.0 - t, 8.0) for t in range(N_FRAMES)])])
+    gt = write_gt_folder(truth_tracks(make_detections(whole), {1: 0, 2: 0}), tmp_path / "GT" / "TRA",
+                         SHAPE, N_FRAMES)
+    whole.tracks[0].points = [p for p in whole.tracks[0].points if p[0] != 4]
+    det = make_detections(whole)
+    params = LinkParams()
+    edges = link_frames(det, 0, N_FRAMES - 1, params)
+    scores = {}
+    for fill in (True, False):
+        tracks = assemble_tracks(det, edges, params, LineageParams(fill_gaps=fill))
+        write_ctc(tracks, tmp_path / f"fill-{fill}", SHAPE, N_FRAMES)
+        assert_valid_ctc(tmp_path / f"fill-{fill}")
+        scores[fill] = evaluate_ctc(gt, tmp_path / f"fill-{fill}")
+    assert scores[True]["TRA"] == 1.0 and scores[True]["fn_nodes"] == 0
+    assert scores[False]["fn_nodes"] == 1 and scores[False]["fp_edges"] == 1
+    assert scores[False]["TRA"] < scores[True]["TRA"]
 
 
 def test_overlapping_and_coinciding_cells_keep_their_labels():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from celltrails.lineage import TRACK_COLUMNS, LineageParams, assemble_tracks, napari_tracks, write_tracks
 from celltrails.linking import LinkParams, link_frames
 from detections_factory import Track, Truth, lineage_signature, make_detections, truth_tracks
@@ -42,9 +43,22 @@ def gap_truth(missing: list[int]) -> Truth:
     return Truth([cell, neighbour])
 
 
-def test_gap_is_closed_with_a_new_track():
+def test_gap_is_filled_with_an_interpolated_cell():
     det = make_detections(gap_truth(missing=[5]))
     tracks = track(det)
+    cell = tracks[tracks["track_id"] == tracks.loc[tracks["cell_id"] == cells_of(det, 1)[0], "track_id"].item()]
+    assert list(cell["t"]) == list(range(10)) and (cell["parent_track_id"] == -1).all()
+    filled = cell[cell["cell_id"] < 0]
+    assert list(filled["cell_id"]) == [-1] and filled["t"].item() == 5
+    before, after = det.loc[cells_of(det, 1, range(4, 5))[0]], det.loc[cells_of(det, 1, range(6, 7))[0]]
+    for column in ("y", "x", "radius"):
+        assert filled[column].item() == pytest.approx((before[column] + after[column]) / 2)
+    assert tracks["track_id"].nunique() == 2 and sorted(tracks.loc[tracks["cell_id"] >= 0, "cell_id"]) == sorted(det.index)
+
+
+def test_gap_without_filling_starts_a_new_track():
+    det = make_detections(gap_truth(missing=[5]))
+    tracks = track(det, LineageParams(fill_gaps=False))
     before, after = cells_of(det, 1, range(5)), cells_of(det, 1, range(6, 10))
     assert lineage_signature(tracks) == {(before, None), (after, before), (cells_of(det, 2), None)}
     no_closing = track(det, LineageParams(max_gap=0))
@@ -54,9 +68,23 @@ def test_gap_is_closed_with_a_new_track():
 def test_gap_longer_than_max_gap_stays_open():
     det = make_detections(gap_truth(missing=[4, 5, 6]))
     tracks = track(det, LineageParams(max_gap=2))
-    assert (tracks["parent_track_id"] == -1).all()
+    assert (tracks["parent_track_id"] == -1).all() and tracks["track_id"].nunique() == 3
+    assert (tracks["cell_id"] >= 0).all()
     closed = track(det, LineageParams(max_gap=3))
-    assert (closed["parent_track_id"] >= 0).sum() == len(cells_of(det, 1, range(7, 10)))
+    assert closed["track_id"].nunique() == 2
+    assert sorted(closed.loc[closed["cell_id"] < 0, "t"]) == [4, 5, 6]
+
+
+def test_division_after_a_filled_gap_keeps_the_mother_whole():
+    truth = division_truth()
+    mother = truth.tracks[0]                                    # frames 0..4, divides into labels 2 and 3
+    mother.points = [p for p in mother.points if p[0] != 2]     # not detected in frame 2
+    det = make_detections(truth)
+    tracks = track(det)
+    mother_track = tracks.loc[tracks["cell_id"] == cells_of(det, mother.label)[0], "track_id"].item()
+    assert tracks.loc[tracks["cell_id"] < 0, "track_id"].tolist() == [mother_track]
+    daughters = tracks[tracks["parent_track_id"] == mother_track]
+    assert daughters["track_id"].nunique() == 2
 
 
 def test_cell_leaving_the_field_ends_its_track():

@@ -160,6 +160,8 @@ def evaluate_points(gt_points_or_tra: pd.DataFrame | str | Path, tracks: pd.Data
     factors = dict(zip(("z", "y", "x"), map(float, scale)))
     gt_nodes = gt.rename(columns={"cell_id": "node"})
     gt_edges = [(p, c) for p, c in zip(gt["parent_id"], gt["cell_id"]) if p >= 0]
+    # traccuracy wants node ids >= 0; cells filled into gaps have negative cell ids.
+    tracks = tracks.assign(cell_id=np.arange(len(tracks)))
     pred_nodes = tracks.rename(columns={"cell_id": "node"})
     return _score(_graph(gt_nodes, gt_edges, keys, factors), _graph(pred_nodes, track_edges(tracks), keys, factors),
                   PointMatcher(threshold=threshold), f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")

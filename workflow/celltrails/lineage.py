@@ -2,13 +2,15 @@
 
 A track is a chain of 1-to-1 links between consecutive frames. At a division both daughters start
 new tracks whose parent is the mother's track. Gap closing joins a track end to a later track start
-(up to ``max_gap`` missing frames) by one global assignment; the CTC format forbids gaps inside a
-track, so the continuation becomes a new track whose parent is the old one. Optionally, short
-isolated fragments (no parent, no children, not cut by the first or last frame) are dropped as
-spurious detections.
+(up to ``max_gap`` missing frames) by one global assignment. The CTC format forbids gaps inside a
+track, so a closed gap is either filled (default: the cell's position and radius interpolated
+linearly over the missing frames, one track throughout) or, with ``fill_gaps`` off, the
+continuation becomes a new track whose parent is the old one. Optionally, short isolated fragments
+(no parent, no children, not cut by the first or last frame) are dropped as spurious detections.
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
-track ids are 1, 2, ... in order of first frame, so they double as CTC labels when <= 65535.
+``cell_id`` is the detection's row id, or -1, -2, ... for a filled-in (interpolated) cell; track
+ids are 1, 2, ... in order of first frame, so they double as CTC labels when <= 65535.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class LineageParams:
             (search radius and displacement tolerance grow with sqrt(frames)). A gap is closed
             when the total is below LinkParams.appear_cost + disappear_cost, the same trade-off
             as for frame-to-frame links.
+        fill_gaps: fill a closed gap with interpolated cells, so the cell keeps one track. Off,
+            the continuation is a new track whose parent is the old one, which reads like a
+            division with one daughter, and which CTC's metrics count as a false link plus a
+            missed cell per missing frame (a missed cell costs 10x a false one).
         min_track_length: isolated tracks (no parent, no children) with fewer frames are removed,
             unless they touch the first or last frame (there the movie, not the detector, cut them).
             Off (1) by default: CTC's TRA charges a missed cell 10x a false one, so removal only
@@ -56,9 +62,10 @@ class LineageParams:
             in and out of focus). Use 2-3 for noisy detectors when clean lineages matter more.
     """
 
-    max_gap: int = 2
+    max_gap: int = 4
     gap_frame_cost: float = 0.5
     min_track_length: int = 1
+    fill_gaps: bool = True
 
     def __post_init__(self) -> None:
         if self.max_gap < 0 or self.min_track_length < 1 or self.gap_frame_cost < 0:
@@ -135,8 +142,9 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
                     lineage: LineageParams | None = None) -> pd.DataFrame:
     """Tracks table (``TRACK_COLUMNS``) from detections and the linker's edge table.
 
-    ``cell_id`` is the detection's index label (its row id in detections.parquet); only edges with
-    ``chosen`` are used. Each cell may have at most one chosen predecessor.
+    ``cell_id`` is the detection's index label (its row id in detections.parquet), negative for a
+    cell filled into a closed gap; only edges with ``chosen`` are used. Each cell may have at most
+    one chosen predecessor.
     """
     link, lineage = link or LinkParams(), lineage or LineageParams()
     check_detections(detections)
@@ -158,24 +166,72 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     scale = embedding_scale([f for _, f in cells.groupby("t")], link) if link.embedding_weight > 0 else None
     gap_parent = _close_gaps(cells, table, link, lineage, scale)
     table.loc[gap_parent.index, "parent"] = gap_parent.to_numpy()
+    # Every segment belongs to the track of its chain head: itself, or with filled gaps the first
+    # segment of a chain of gap-closed continuations.
+    table["track"] = table.index
+    filled = gap_parent if lineage.fill_gaps else pd.Series(dtype="int64")
+    if len(filled):
+        table.loc[filled.index, "track"] = [_chain_head(s, filled) for s in filled.index]
+    tracks = _track_table(table)
 
     frames = cells["t"].to_numpy()
-    length = table["end"] - table["start"] + 1
-    isolated = (table["parent"] < 0) & ~table.index.isin(table["parent"])
+    length = tracks["end"] - tracks["start"] + 1
+    isolated = (tracks["parent"] < 0) & ~tracks.index.isin(tracks["parent"])
     spurious = (isolated & (length < lineage.min_track_length)
-                & (table["start"] > frames.min()) & (table["end"] < frames.max()))
-    table = table[~spurious].sort_values(["start", "first"])
-    track_id = pd.Series(np.arange(1, len(table) + 1), index=table.index)
-    parent_track = table["parent"].map(track_id).fillna(-1).astype("int64")
+                & (tracks["start"] > frames.min()) & (tracks["end"] < frames.max()))
+    tracks = tracks[~spurious].sort_values(["start", "first"])
+    track_id = pd.Series(np.arange(1, len(tracks) + 1), index=tracks.index)
+    parent_track = tracks["parent"].map(track_id).fillna(-1).astype("int64")
 
-    keep = np.isin(segment, table.index.to_numpy())
+    segment_track = table["track"].loc[segment]
+    keep = segment_track.isin(tracks.index).to_numpy()
     out = pd.DataFrame({
         "t": frames[keep].astype("int64"), "cell_id": cells.index.to_numpy()[keep].astype("int64"),
-        "track_id": track_id.loc[segment[keep]].to_numpy(),
-        "parent_track_id": parent_track.loc[segment[keep]].to_numpy(),
+        "track_id": track_id.loc[segment_track[keep]].to_numpy(),
+        "parent_track_id": parent_track.loc[segment_track[keep]].to_numpy(),
         "z": cells["z"].to_numpy(float)[keep], "y": cells["y"].to_numpy(float)[keep],
         "x": cells["x"].to_numpy(float)[keep], "radius": cells["radius"].to_numpy(float)[keep]})
-    return out.sort_values(["track_id", "t"], ignore_index=True)
+    gaps = _filled_cells(cells, table, filled, track_id, parent_track)
+    return pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
+
+
+def _chain_head(segment: int, gap_parent: pd.Series) -> int:
+    """First segment of the chain of gap-closed continuations that ``segment`` belongs to."""
+    while segment in gap_parent.index:
+        segment = gap_parent.loc[segment]
+    return segment
+
+
+def _track_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per track (index: its head segment): first cell, start/end frame, parent track."""
+    heads = table[table["track"] == table.index]
+    span = table.groupby("track").agg(start=("start", "min"), end=("end", "max"))
+    parent = heads["parent"].map(table["track"]).fillna(-1).astype("int64")
+    return pd.DataFrame({"first": heads["first"], "start": span.loc[heads.index, "start"],
+                         "end": span.loc[heads.index, "end"], "parent": parent})
+
+
+def _filled_cells(cells: pd.DataFrame, table: pd.DataFrame, filled: pd.Series, track_id: pd.Series,
+                  parent_track: pd.Series) -> pd.DataFrame:
+    """Cells interpolated linearly (position and radius) over each filled gap; cell ids -1, -2, ..."""
+    filled = filled[table.loc[filled.index, "track"].isin(track_id.index).to_numpy()]
+    if len(filled) == 0:
+        return _empty_tracks()
+    before, after = table.loc[filled.to_numpy(), "last"].to_numpy(), table.loc[filled.index, "first"].to_numpy()
+    frames = cells["t"].to_numpy()
+    missing = frames[after] - frames[before] - 1
+    link = np.repeat(np.arange(len(filled)), missing)
+    step = np.concatenate([np.arange(1, m + 1) for m in missing])
+    fraction = step / (missing[link] + 1)
+    values = cells[["z", "y", "x", "radius"]].to_numpy(float)
+    interpolated = values[before[link]] + fraction[:, None] * (values[after[link]] - values[before[link]])
+    track = table.loc[filled.index, "track"].to_numpy()[link]
+    gaps = pd.DataFrame({"t": frames[before[link]] + step, "track_id": track_id.loc[track].to_numpy(),
+                         "parent_track_id": parent_track.loc[track].to_numpy()})
+    gaps[["z", "y", "x", "radius"]] = interpolated
+    gaps = gaps.sort_values(["track_id", "t"], ignore_index=True)
+    gaps.insert(1, "cell_id", -np.arange(1, len(gaps) + 1, dtype=np.int64))
+    return gaps[TRACK_COLUMNS]
 
 
 def _empty_tracks() -> pd.DataFrame:
