@@ -79,11 +79,33 @@ def test_daughters_are_expected_beside_the_mother():
     assert [p for p in pairs if p[0] == 2 and p[1] == 1] == [(2, 1, 2)]
 
 
-def test_low_division_probability_prevents_division():
+def test_low_division_probability_prevents_division_in_the_assignment():
     det = make_detections(division_truth())
     det["division_prob"] = 0.01
-    pairs = chosen_pairs(link_frames(det, 0, 8), det)
+    pairs = chosen_pairs(link_frames(det, 0, 8, LinkParams(complete_divisions=False)), det)
     assert len([p for p in pairs if p[0] == 4 and p[1] == 1]) == 1
+
+
+def test_sisters_complete_a_division_the_head_missed():
+    # Daughters 7 px either side of where the mother was: their midpoint is 1 px from it.
+    det = make_detections(division_truth())
+    det["division_prob"] = 0.01
+    edges = link_frames(det, 0, 8)
+    assert {(4, 1, 2), (4, 1, 3)} <= chosen_pairs(edges, det)
+    added = edges[(edges["t"] == 4) & edges["second_successor"]]
+    assert len(added) == 1 and added["cost"].item() < LinkParams().appear_cost
+
+
+def test_newcomer_beside_a_cell_is_not_its_daughter():
+    # A cell moving on, and a cell appearing 14 px to one side of it: not sisters, whose midpoint
+    # would sit on the mother (here it is 7 px off, a cost of 4 x (7 / 8)^2 = 3.1 > a birth).
+    walker = Track(1, [(t, 50.0, 50.0 + t, 8.0) for t in range(6)])
+    newcomer = Track(2, [(t, 64.0, 53.0 + t, 8.0) for t in range(3, 6)])
+    det = make_detections(Truth([walker, newcomer]))
+    det["division_prob"] = 0.01
+    pairs = chosen_pairs(link_frames(det, 0, 5), det)
+    assert not any(s != d for _, s, d in pairs)
+    assert link_frames(det, 0, 5)["second_successor"].sum() == 0
 
 
 def test_blocks_concatenate_to_whole():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -51,9 +52,12 @@ def test_outputs_follow_the_interface(tracked):
     assert [c for c in detections.columns if c.startswith("emb_")] == ["emb_0", "emb_1", "emb_2", "emb_3"]
     tracks = pd.read_parquet(results / "tracks.parquet")
     assert list(tracks.columns) == ["t", "cell_id", "track_id", "parent_track_id", "z", "y", "x", "radius"]
-    assert set(tracks.cell_id) <= set(detections.index)
+    detected = tracks[tracks.cell_id >= 0]            # the rest are cells filled into closed gaps
+    assert set(detected.cell_id) <= set(detections.index)
+    assert (tracks.loc[tracks.cell_id < 0, "cell_id"].sort_values(ascending=False).to_numpy()
+            == -np.arange(1, (tracks.cell_id < 0).sum() + 1)).all()
     # Positions in tracks are those of the detections they came from.
-    joined = tracks.join(detections[["t", "y", "x"]], on="cell_id", rsuffix="_det")
+    joined = detected.join(detections[["t", "y", "x"]], on="cell_id", rsuffix="_det")
     assert (joined.t == joined.t_det).all() and (joined.y == joined.y_det).all()
     napari = pd.read_csv(results / "napari_tracks.csv")
     assert list(napari.columns) == ["track_id", "t", "z", "y", "x", "parent_track_id"]
