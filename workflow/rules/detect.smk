@@ -65,9 +65,13 @@ rule detect_block:
 
 rule merge_detections:
     input:
-        detection_blocks,
+        blocks=detection_blocks,
+        model=detector_checkpoint,
     output:
-        "results/{dataset}/detections.parquet",
+        detections="results/{dataset}/detections.parquet",
+        threshold="results/{dataset}/metrics/detection_threshold.json",
+    params:
+        settings=config["detector"],
     log:
         "logs/merge_detections/{dataset}.log",
     benchmark:

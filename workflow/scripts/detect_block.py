@@ -2,6 +2,7 @@
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 from celltrails.detector.infer import detect_with_checkpoint, pick_device, write_detections
+from celltrails.detector.threshold import block_threshold
 from celltrails.logs import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -16,7 +17,7 @@ with script_logging(snakemake.log[0]) as log:
         channel=settings["channel"],
         tile=(settings["tile_z"], settings["tile_yx"], settings["tile_yx"]),
         overlap=(settings["overlap_z"], settings["overlap_yx"], settings["overlap_yx"]),
-        threshold=settings["threshold"],
+        threshold=block_threshold(settings["threshold"], settings["adaptive_threshold"]),
         min_distance=settings["min_distance"],
         batch_size=settings["batch_size"],
         threads=snakemake.threads,

@@ -1,8 +1,22 @@
-"""Snakemake adapter: concatenate the per-block detections into results/{dataset}/detections.parquet."""
+"""Snakemake adapter: per-block detections -> results/{dataset}/detections.parquet, above the
+series' centre threshold (rule `merge_detections`)."""
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
-from celltrails.detector.infer import merge_detection_blocks
+from celltrails.detector.checkpoint import load_checkpoint
+from celltrails.detector.infer import merge_detection_blocks, write_detections
+from celltrails.detector.threshold import apply_threshold
+from celltrails.evaluate import write_metrics
 from celltrails.logs import script_logging
 
-with script_logging(snakemake.log[0]):
-    merge_detection_blocks(list(snakemake.input), snakemake.output[0])
+with script_logging(snakemake.log[0]) as log:
+    settings = snakemake.params.settings
+    _, checkpoint = load_checkpoint(snakemake.input.model)
+    merged = merge_detection_blocks(list(snakemake.input.blocks))
+    detections, choice = apply_threshold(merged, settings["threshold"], settings["adaptive_threshold"],
+                                         checkpoint["threshold"])
+    log.info("dataset %r: centre threshold %.3f (%s; calibrated %.2f, valley of %d peak scores: %s): "
+             "%d of %d peaks kept", snakemake.wildcards.dataset, choice["threshold"], choice["source"],
+             choice["calibrated"], choice["peaks"],
+             "none" if choice["valley"] is None else f"{choice['valley']:.3f}", len(detections), len(merged))
+    write_detections(detections, snakemake.output.detections)
+    write_metrics({"dataset": snakemake.wildcards.dataset, **choice}, snakemake.output.threshold)

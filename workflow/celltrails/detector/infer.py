@@ -536,8 +536,8 @@ def write_detections(table: pd.DataFrame, path: str | Path) -> None:
         table.to_parquet(tmp, index=False)
 
 
-def merge_detection_blocks(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
-    """Concatenate per-block detection files into one sorted table at ``out`` (atomic).
+def merge_detection_blocks(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate per-block detection files into one table sorted by t, z, y, x.
 
     A frame found in two blocks is an error (overlapping block ranges would duplicate cells).
     """
@@ -552,6 +552,4 @@ def merge_detection_blocks(paths: Sequence[str | Path], out: str | Path) -> pd.D
     widths = {len(embedding_columns(b)) for b in blocks if len(b)}
     if len(widths) > 1:
         raise ValueError(f"detection blocks have different embedding sizes {sorted(widths)}")
-    merged = pd.concat(blocks, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)
-    write_detections(merged, out)
-    return merged
+    return pd.concat(blocks, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)

@@ -1,0 +1,76 @@
+"""The centre threshold of one series: the checkpoint's calibrated one, or lower where the series'
+own centre peaks separate lower.
+
+Training calibrates the threshold on validation frames of its own sequence, where recall stays
+perfect up to the top of a plateau and then falls off a cliff; the calibration picks the edge of
+that cliff. On another sequence the network is less sure of itself and the cliff moves down, so
+the calibrated value drops real cells. Measured with detectors trained on the ``01`` sequences
+(CTC TRA of the ``02`` sequences, celltrails' linking): Fluo-N2DH-GOWT1 calibrated 0.70 gave TRA
+0.809, 0.44 gave 0.888; Fluo-N2DH-SIM+ 0.30 gave 0.939, 0.28 gave 0.948.
+
+A series' peak scores (detection at a low floor) fall into two populations: background peaks
+piled up near 0 and cells piled up near 1, with a sparse valley between. The valley is found with
+scikit-image's ``threshold_minimum`` (smooth the histogram until two maxima remain, take the
+minimum between them). The threshold is the lower of the calibrated value and the valley: a series
+like the training one keeps the calibrated threshold; one the network is less confident on gets
+the valley. Too few peaks, or no second mode, keeps the calibrated threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from skimage.filters import threshold_minimum
+
+SCORE_FLOOR = 0.05      # the threshold blocks detect at when the series' threshold is chosen later
+LOWEST_THRESHOLD = 0.1  # a guard: never let a degenerate histogram flood the series with background
+MIN_PEAKS = 200         # fewer peaks make too thin a histogram for a valley
+MIN_SIDE_FRACTION = 0.1  # share of the peaks each population must hold
+
+
+def series_threshold(scores: np.ndarray, calibrated: float) -> dict:
+    """The centre threshold for a series whose peaks above ``SCORE_FLOOR`` have ``scores``.
+
+    Returns ``threshold`` (the one to use), ``calibrated``, ``valley`` (None when there is none)
+    and ``peaks`` (how many scores the valley was sought in), for the log and the metrics file.
+    """
+    scores = np.asarray(scores, dtype=float)
+    scores = scores[np.isfinite(scores) & (scores >= SCORE_FLOOR)]
+    valley = None
+    if len(scores) >= MIN_PEAKS:
+        try:
+            valley = max(LOWEST_THRESHOLD, float(threshold_minimum(scores)))
+        except RuntimeError:  # the smoothed histogram never had two maxima
+            valley = None
+    # threshold_minimum also splits one noisy population; a valley needs a population on each side.
+    if valley is not None and min((scores < valley).mean(), (scores >= valley).mean()) < MIN_SIDE_FRACTION:
+        valley = None
+    threshold = calibrated if valley is None else min(calibrated, valley)
+    return {"threshold": float(threshold), "calibrated": float(calibrated), "valley": valley,
+            "peaks": len(scores)}
+
+
+def block_threshold(configured: float | None, adaptive: bool) -> float | None:
+    """The threshold a detection block runs at: the configured one; ``SCORE_FLOOR`` when the
+    series' threshold is chosen after all blocks (``adaptive`` and none configured); else None,
+    the checkpoint's calibrated threshold."""
+    if configured is not None:
+        return float(configured)
+    return SCORE_FLOOR if adaptive else None
+
+
+def apply_threshold(detections: pd.DataFrame, configured: float | None, adaptive: bool,
+                    calibrated: float) -> tuple[pd.DataFrame, dict]:
+    """The detections of a whole series above its threshold (row ids renumbered), and the choice.
+
+    ``detections`` come from blocks run at :func:`block_threshold`; with a configured threshold or
+    without ``adaptive`` they are all kept (the blocks already applied it).
+    """
+    if configured is not None or not adaptive:
+        used = float(configured) if configured is not None else float(calibrated)
+        return detections, {"threshold": used, "calibrated": float(calibrated), "valley": None,
+                            "peaks": len(detections), "source": "config" if configured is not None
+                            else "calibrated"}
+    choice = series_threshold(detections["score"].to_numpy(), calibrated)
+    kept = detections[detections["score"] > choice["threshold"]].reset_index(drop=True)
+    return kept, {**choice, "source": "calibrated" if choice["threshold"] == calibrated else "valley"}
