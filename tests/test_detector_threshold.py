@@ -61,3 +61,12 @@ def test_blocks_and_merge_agree_on_who_thresholds():
     fixed, choice = apply_threshold(table, 0.35, True, calibrated=0.7)
     assert len(fixed) == len(table) and choice == pytest.approx(
         {"threshold": 0.35, "calibrated": 0.7, "valley": None, "peaks": len(table), "source": "config"})
+
+
+def test_histogram_figure_is_written(tmp_path):
+    from celltrails.figures import threshold_histogram
+
+    scores = bimodal_scores(0.6)
+    threshold_histogram(scores, series_threshold(scores, 0.7), tmp_path / "qc.png", "demo")
+    assert (tmp_path / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "qc.png").stat().st_size > 10_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.workflow
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
 
 
 def register(workdir: Path, rows: list[str], config: str = "datasets: datasets.tsv\n") -> None:
@@ -57,11 +59,17 @@ def test_results_land_where_the_interface_says(finished_run):
     array, meta = open_image(workdir / "results" / "mine" / "image.ome.zarr")
     np.testing.assert_array_equal(array[:, 0, 0], frames)
     assert meta.voxel_size == (1.0, 0.3, 0.3) and meta.time_interval == 2.5 and meta.channel_names == ("nuclei",)
-    demo_array, demo_meta = open_image(workdir / "results" / "demo" / "image.ome.zarr")
+    _, demo_meta = open_image(workdir / "results" / "demo" / "image.ome.zarr")
     assert demo_meta.is_3d and demo_meta.channel_names == ("nuclei", "state")
     truth = pd.read_parquet(workdir / "results" / "demo" / "ground_truth.parquet")
     assert {"t", "z", "y", "x", "cell_id", "parent_id", "radius", "state", "onset"} <= set(truth.columns)
     assert truth.t.max() == demo_meta.n_frames - 1
+    for name in ("demo", "mine"):       # detection's adaptive centre threshold, with its figure
+        results = workdir / "results" / name
+        threshold = json.loads((results / "metrics" / "detection_threshold.json").read_text())
+        assert threshold["source"] in ("calibrated", "valley") and threshold["threshold"] <= threshold["calibrated"]
+        assert (pd.read_parquet(results / "detections.parquet")["score"] > threshold["threshold"]).all()
+        assert (results / "qc" / "detection_threshold.png").stat().st_size > 5_000
 
 
 def test_every_rule_writes_log_and_benchmark(finished_run):

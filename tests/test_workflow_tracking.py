@@ -62,6 +62,10 @@ def test_outputs_follow_the_interface(tracked):
     napari = pd.read_csv(results / "napari_tracks.csv")
     assert list(napari.columns) == ["track_id", "t", "z", "y", "x", "parent_track_id"]
     assert (tracked / "results" / "models" / "detector" / "loss_curve.png").stat().st_size > 5_000
+    threshold = json.loads((results / "metrics" / "detection_threshold.json").read_text())
+    assert threshold["source"] == "config" and threshold["threshold"] == 0.3    # set in the config above
+    assert (detections["score"] > 0.3).all()
+    assert (results / "qc" / "detection_threshold.png").stat().st_size > 5_000
 
 
 def test_ctc_result_is_valid(tracked):

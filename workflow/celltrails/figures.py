@@ -54,3 +54,26 @@ def overview_montage(image_path: str | Path, out_png: str | Path, n_frames: int 
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def threshold_histogram(scores: np.ndarray, choice: dict, out_png: str | Path, title: str) -> None:
+    """Histogram of a series' centre-peak scores with the calibrated, valley and used thresholds,
+    the figure to look at when detection finds too many or too few cells."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.hist(np.asarray(scores, float), bins=np.linspace(0.0, 1.0, 101), color="#7f7f7f")
+    ax.set_yscale("log")
+    lines = [("calibrated", choice.get("calibrated"), "#1f77b4", "--"),
+             ("valley", choice.get("valley"), "#ff7f0e", ":"),
+             ("used", choice.get("threshold"), "#d62728", "-")]
+    for name, value, colour, style in lines:
+        if value is not None:
+            ax.axvline(value, color=colour, linestyle=style, lw=1.5, label=f"{name} {value:.2f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("centre-peak score")
+    ax.set_ylabel("peaks (log)")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

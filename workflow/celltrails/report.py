@@ -172,7 +172,8 @@ def write_report(path: str | Path, datasets: Sequence[DatasetReport], config: Ma
 # Where each section's files live under results/{dataset}/, with the caption the report gives them.
 METRIC_TABLES = {
     "tracking": [("metrics/tracking.json", "Tracking against the ground truth (CTC measures, traccuracy)"),
-                 ("metrics/detection.json", "Detection against the ground truth")],
+                 ("metrics/detection.json", "Detection against the ground truth"),
+                 ("metrics/detection_threshold.json", "Centre threshold of the detections")],
     "embeddings": [("metrics/embedding.json", "Embedding smoothness and dynamic range")],
     "pseudotime": [("analysis/pseudotime_summary.json", "Pseudo-time alignment")],
 }
@@ -181,6 +182,8 @@ FIGURES = {
         ("analysis/tracks_montage.png", ("Maximum projections of evenly spaced frames with the tracked cells, "
                                         "coloured by lineage, and their recent trails; stars mark new daughters.")),
         ("analysis/lineage_trees.png", "The largest lineages: time runs down, divisions branch."),
+        ("qc/detection_threshold.png", ("Centre-peak scores of every peak found (log scale): background near 0, "
+                                       "cells near 1; detections are the peaks above the used threshold.")),
     ],
     "embeddings": [
         ("analysis/embedding_distances.png", ("Cosine distances of the same cell in adjacent frames vs random "

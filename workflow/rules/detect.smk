@@ -70,6 +70,12 @@ rule merge_detections:
     output:
         detections="results/{dataset}/detections.parquet",
         threshold="results/{dataset}/metrics/detection_threshold.json",
+        histogram=report(
+            "results/{dataset}/qc/detection_threshold.png",
+            caption="../report/detection_threshold.rst",
+            category="Quality control",
+            labels={"dataset": "{dataset}", "figure": "detection threshold"},
+        ),
     params:
         settings=config["detector"],
     log:

@@ -6,6 +6,7 @@ from celltrails.detector.checkpoint import load_checkpoint
 from celltrails.detector.infer import merge_detection_blocks, write_detections
 from celltrails.detector.threshold import apply_threshold
 from celltrails.evaluate import write_metrics
+from celltrails.figures import threshold_histogram
 from celltrails.logs import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -20,3 +21,5 @@ with script_logging(snakemake.log[0]) as log:
              "none" if choice["valley"] is None else f"{choice['valley']:.3f}", len(detections), len(merged))
     write_detections(detections, snakemake.output.detections)
     write_metrics({"dataset": snakemake.wildcards.dataset, **choice}, snakemake.output.threshold)
+    threshold_histogram(merged["score"].to_numpy(), choice, snakemake.output.histogram,
+                        f"{snakemake.wildcards.dataset}: {len(detections)} of {len(merged)} peaks kept")
