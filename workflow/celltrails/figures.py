@@ -62,12 +62,13 @@ def threshold_histogram(scores: np.ndarray, choice: dict, out_png: str | Path, t
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.hist(np.asarray(scores, float), bins=np.linspace(0.0, 1.0, 101), color="#7f7f7f")
     ax.set_yscale("log")
-    lines = [("calibrated", choice.get("calibrated"), "#1f77b4", "--"),
-             ("valley", choice.get("valley"), "#ff7f0e", ":"),
-             ("used", choice.get("threshold"), "#d62728", "-")]
-    for name, value, colour, style in lines:
+    # The used line first and wide, so that the one it coincides with stays visible on top of it.
+    lines = [("used", choice.get("threshold"), "#d62728", "-", 3.0),
+             ("calibrated", choice.get("calibrated"), "#1f77b4", "--", 1.5),
+             ("valley", choice.get("valley"), "#ff7f0e", ":", 1.5)]
+    for name, value, colour, style, width in lines:
         if value is not None:
-            ax.axvline(value, color=colour, linestyle=style, lw=1.5, label=f"{name} {value:.2f}")
+            ax.axvline(value, color=colour, linestyle=style, lw=width, label=f"{name} {value:.2f}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("centre-peak score")
     ax.set_ylabel("peaks (log)")
