@@ -214,19 +214,20 @@ def _track_table(table: pd.DataFrame) -> pd.DataFrame:
 def _filled_cells(cells: pd.DataFrame, table: pd.DataFrame, filled: pd.Series, track_id: pd.Series,
                   parent_track: pd.Series) -> pd.DataFrame:
     """Cells interpolated linearly (position and radius) over each filled gap; cell ids -1, -2, ..."""
+    # Gaps of tracks removed as short isolated fragments are not filled either.
     filled = filled[table.loc[filled.index, "track"].isin(track_id.index).to_numpy()]
     if len(filled) == 0:
         return _empty_tracks()
     before, after = table.loc[filled.to_numpy(), "last"].to_numpy(), table.loc[filled.index, "first"].to_numpy()
     frames = cells["t"].to_numpy()
     missing = frames[after] - frames[before] - 1
-    link = np.repeat(np.arange(len(filled)), missing)
+    gap = np.repeat(np.arange(len(filled)), missing)          # the gap each filled cell is in
     step = np.concatenate([np.arange(1, m + 1) for m in missing])
-    fraction = step / (missing[link] + 1)
+    fraction = step / (missing[gap] + 1)
     values = cells[["z", "y", "x", "radius"]].to_numpy(float)
-    interpolated = values[before[link]] + fraction[:, None] * (values[after[link]] - values[before[link]])
-    track = table.loc[filled.index, "track"].to_numpy()[link]
-    gaps = pd.DataFrame({"t": frames[before[link]] + step, "track_id": track_id.loc[track].to_numpy(),
+    interpolated = values[before[gap]] + fraction[:, None] * (values[after[gap]] - values[before[gap]])
+    track = table.loc[filled.index, "track"].to_numpy()[gap]
+    gaps = pd.DataFrame({"t": frames[before[gap]] + step, "track_id": track_id.loc[track].to_numpy(),
                          "parent_track_id": parent_track.loc[track].to_numpy()})
     gaps[["z", "y", "x", "radius"]] = interpolated
     gaps = gaps.sort_values(["track_id", "t"], ignore_index=True)
