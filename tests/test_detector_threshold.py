@@ -42,6 +42,8 @@ def test_too_few_or_one_population_keeps_the_calibrated_threshold():
     one_mode = np.random.default_rng(1).normal(0.8, 0.05, 1000)
     choice = series_threshold(one_mode, calibrated=0.55)
     assert choice["valley"] is None and choice["threshold"] == 0.55
+    flat = np.random.default_rng(0).uniform(SCORE_FLOOR, 1.0, 1000)   # no dip for the valley to sit in
+    assert series_threshold(flat, calibrated=0.5)["valley"] is None
 
 
 def test_valley_never_below_the_guard():

@@ -56,6 +56,14 @@ def test_gap_is_filled_with_an_interpolated_cell():
     assert tracks["track_id"].nunique() == 2 and sorted(tracks.loc[tracks["cell_id"] >= 0, "cell_id"]) == sorted(det.index)
 
 
+def test_filling_takes_float_frames_and_a_missing_radius():
+    det = make_detections(gap_truth(missing=[5]))
+    det["t"] = det["t"].astype(float)
+    det.loc[cells_of(det, 1, range(4, 5))[0], "radius"] = np.nan
+    filled = track(det).query("cell_id < 0")
+    assert filled["t"].tolist() == [5] and filled["radius"].item() == pytest.approx(8.0)
+
+
 def test_gap_without_filling_starts_a_new_track():
     det = make_detections(gap_truth(missing=[5]))
     tracks = track(det, LineageParams(fill_gaps=False))

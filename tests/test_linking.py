@@ -108,6 +108,31 @@ def test_newcomer_beside_a_cell_is_not_its_daughter():
     assert link_frames(det, 0, 5)["second_successor"].sum() == 0
 
 
+def test_far_apart_pair_is_not_completed_into_sisters():
+    # Symmetric about the mother but each 17 px (2.1 mother radii) from it: not where daughters are.
+    mother = Track(1, [(t, 50.0, 50.0, 8.0) for t in range(3)])
+    left = Track(2, [(t, 50.0, 33.0, 8.0) for t in range(3, 5)], parent=1)
+    right = Track(3, [(t, 50.0, 67.0, 8.0) for t in range(3, 5)])
+    det = make_detections(Truth([mother, left, right]))
+    det["division_prob"] = 0.01
+    assert link_frames(det, 0, 4)["second_successor"].sum() == 0
+
+
+def test_completed_division_marks_one_second_successor():
+    # The likely mother's one successor sits in the second slot ("divided, a daughter lost"): the
+    # other daughter, 16 px away, is a birth in the assignment. The completion (daughters expected
+    # two radii out) adds it, and second_successor still marks one edge.
+    mother = Track(1, [(0, 50.0, 50.0, 8.0)])
+    d1 = Track(2, [(1, 50.0, 34.0, 8.0)], parent=1)
+    d2 = Track(3, [(1, 50.0, 66.0, 8.0)], parent=1)
+    det = make_detections(Truth([mother, d1, d2]))
+    det["division_prob"] = np.where(det["label"] == 1, 0.99, np.where(det["label"] == 2, 0.5, 1e-6))
+    alone = link_frames(det, 0, 1, LinkParams(daughter_offset=2.0, complete_divisions=False))
+    assert alone["chosen"].sum() == 1 and alone["second_successor"].sum() == 1
+    edges = link_frames(det, 0, 1, LinkParams(daughter_offset=2.0))
+    assert edges["chosen"].sum() == 2 and edges["second_successor"].sum() == 1
+
+
 def test_blocks_concatenate_to_whole():
     det = make_detections(division_truth())
     whole = link_frames(det, 0, 8)

@@ -168,10 +168,11 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     table.loc[gap_parent.index, "parent"] = gap_parent.to_numpy()
     # Every segment belongs to the track of its chain head: itself, or with filled gaps the first
     # segment of a chain of gap-closed continuations.
-    table["track"] = table.index
+    table["track"] = table.index.to_numpy(np.int64)
     filled = gap_parent if lineage.fill_gaps else pd.Series(dtype="int64")
     if len(filled):
-        table.loc[filled.index, "track"] = [_chain_head(s, filled) for s in filled.index]
+        parent_of = filled.to_dict()
+        table.loc[filled.index, "track"] = [_chain_head(s, parent_of) for s in filled.index]
     tracks = _track_table(table)
 
     frames = cells["t"].to_numpy()
@@ -195,10 +196,10 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     return pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
 
 
-def _chain_head(segment: int, gap_parent: pd.Series) -> int:
+def _chain_head(segment: int, gap_parent: dict[int, int]) -> int:
     """First segment of the chain of gap-closed continuations that ``segment`` belongs to."""
-    while segment in gap_parent.index:
-        segment = gap_parent.loc[segment]
+    while segment in gap_parent:
+        segment = gap_parent[segment]
     return segment
 
 
@@ -219,13 +220,15 @@ def _filled_cells(cells: pd.DataFrame, table: pd.DataFrame, filled: pd.Series, t
     if len(filled) == 0:
         return _empty_tracks()
     before, after = table.loc[filled.to_numpy(), "last"].to_numpy(), table.loc[filled.index, "first"].to_numpy()
-    frames = cells["t"].to_numpy()
+    frames = cells["t"].to_numpy().astype(np.int64)
     missing = frames[after] - frames[before] - 1
     gap = np.repeat(np.arange(len(filled)), missing)          # the gap each filled cell is in
     step = np.concatenate([np.arange(1, m + 1) for m in missing])
     fraction = step / (missing[gap] + 1)
     values = cells[["z", "y", "x", "radius"]].to_numpy(float)
-    interpolated = values[before[gap]] + fraction[:, None] * (values[after[gap]] - values[before[gap]])
+    start, end = values[before[gap]], values[after[gap]]
+    start, end = np.where(np.isnan(start), end, start), np.where(np.isnan(end), start, end)  # NaN radius
+    interpolated = start + fraction[:, None] * (end - start)
     track = table.loc[filled.index, "track"].to_numpy()[gap]
     gaps = pd.DataFrame({"t": frames[before[gap]] + step, "track_id": track_id.loc[track].to_numpy(),
                          "parent_track_id": parent_track.loc[track].to_numpy()})

@@ -324,11 +324,15 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
         row_skip=np.concatenate([np.full(n, params.disappear_cost), no_division]),
         col_skip=np.full(len(target), params.appear_cost), dense_limit=params.dense_limit)
     first, second = chosen[: len(i)], chosen[len(i):]
-    cost = np.where(second, daughter_cost + division, cost)
+    link_cost, cost = cost, np.where(second, daughter_cost + division, cost)
     if params.complete_divisions:
         completed, sister_cost = complete_divisions(i, j, first | second, p_from, p_to, r_from, r_to,
                                                     emb_distance, params)
-        second, cost = second | completed, np.where(completed, sister_cost, cost)
+        # A mother whose one successor sat in the second slot gains a second one: that one moves to
+        # the first slot, so second_successor still marks one edge per division.
+        moved = second & np.isin(i, i[completed])
+        first, second = first | moved, (second & ~moved) | completed
+        cost = np.where(moved, link_cost, np.where(completed, sister_cost, cost))
     edges = pd.DataFrame({
         "t": np.full(len(i), int(source["t"].iloc[0]), dtype=np.int64),
         "source": source.index.to_numpy(np.int64)[i], "target": target.index.to_numpy(np.int64)[j],
@@ -344,10 +348,12 @@ def complete_divisions(i: np.ndarray, j: np.ndarray, chosen: np.ndarray, p_from:
     """Second successors added from the daughters' geometry: (mask over the candidate edges, cost).
 
     Candidates join a cell M with exactly one chosen successor A to a cell B at t+1 left without a
-    predecessor. Sisters sit on either side of where their mother was and have similar sizes, so
-    the cost is ``sister_symmetry_weight * position_weight * (|(a + b) / 2 - m| / r_M)^2 +
-    size_weight * |log(r_A / r_B)| + embedding_weight * d(M, B)``; one assignment (each mother one
-    more daughter, each B one mother) keeps those cheaper than B's birth (``appear_cost``).
+    predecessor. Sisters sit on either side of where their mother was, about one of their radii
+    from it, and have similar sizes, so the cost is ``sister_symmetry_weight * position_weight *
+    (|(a + b) / 2 - m| / r_M)^2`` plus, for A and B, ``position_weight`` times their displacement
+    beyond ``daughter_offset`` radii (as in the assignment's daughter cost), plus ``size_weight *
+    |log(r_A / r_B)| + embedding_weight * d(M, B)``; one assignment (each mother one more
+    daughter, each B one mother) keeps those cheaper than B's birth (``appear_cost``).
 
     Written here because it is what the per-pair linear assignment cannot express (a term over
     both daughters), and it leaves the division head out: a head trained on one movie can miss
@@ -365,7 +371,14 @@ def complete_divisions(i: np.ndarray, j: np.ndarray, chosen: np.ndarray, p_from:
         return mask, cost
     mother, sister, daughter = i[k], successor[i[k]], j[k]
     midpoint = np.linalg.norm((p_to[sister] + p_to[daughter]) / 2 - p_from[mother], axis=1) / r_from[mother]
+
+    def beyond_expected(cell: np.ndarray) -> np.ndarray:
+        """(displacement from the mother beyond daughter_offset daughter radii / radius)^2."""
+        excess = np.linalg.norm(p_to[cell] - p_from[mother], axis=1) - params.daughter_offset * r_to[cell]
+        return (np.maximum(0.0, excess) / np.maximum(r_from[mother], r_to[cell])) ** 2
+
     cost[k] = (params.sister_symmetry_weight * params.position_weight * midpoint ** 2
+               + params.position_weight * (beyond_expected(sister) + beyond_expected(daughter))
                + params.size_weight * np.abs(np.log(r_to[sister] / r_to[daughter]))
                + params.embedding_weight * np.nan_to_num(embedding_distance[k], nan=0.0))
     mothers, rows = np.unique(mother, return_inverse=True)
