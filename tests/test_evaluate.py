@@ -15,9 +15,10 @@ from celltrails.ctc import (
     write_track_table,
 )
 from celltrails.ctc_export import render_frame, write_ctc
-from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges, write_metrics
+from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges
 from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
+from celltrails.serialize import write_metrics
 from ctc_metrics import validate_sequence
 from detections_factory import (
     CTC_ROOT,

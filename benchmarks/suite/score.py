@@ -16,7 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from celltrails.ctc import read_track_table
-from celltrails.evaluate import evaluate_ctc, write_metrics
+from celltrails.evaluate import evaluate_ctc
+from celltrails.serialize import write_metrics
 
 
 def gt_divisions(gt_tra: Path) -> int:

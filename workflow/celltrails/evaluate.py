@@ -7,7 +7,6 @@ behind them. Undefined scores (e.g. division F1 when neither side has a division
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from traccuracy import TrackingGraph, run_metrics
 from traccuracy.loaders import load_ctc_data
 from traccuracy.matchers import CTCMatcher, IOUMatcher, PointMatcher
 from traccuracy.metrics import CTCMetrics, DivisionMetrics
-
-from celltrails.atomic import atomic_path
 
 POINT_COLUMNS = ("t", "z", "y", "x", "cell_id", "parent_id")
 _COUNTS = ("fp_nodes", "fn_nodes", "ns_nodes", "fp_edges", "fn_edges", "ws_edges")
@@ -180,8 +177,3 @@ def track_edges(tracks: pd.DataFrame) -> list[tuple[int, int]]:
     parent_last = children["parent_track_id"].map(last)
     return inner + [(int(p), int(c)) for p, c in zip(parent_last, children["cell_id"]) if not pd.isna(p)]
 
-
-def write_metrics(metrics: dict, path: str | Path) -> None:
-    """Write the metrics dict as JSON (strict: no NaN) atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")

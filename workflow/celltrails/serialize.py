@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from celltrails.atomic import atomic_path
+
 
 def plain_data(value):
     """numpy scalars/arrays, tuples and paths -> JSON-like Python data (what weights_only loads)."""
@@ -63,3 +65,9 @@ def load_checkpoint_payload(path, file_format: str, version: int, what: str) -> 
         raise ValueError(f"{path} has checkpoint version {payload['version']}; this celltrails reads up to "
                          f"{version}: update celltrails")
     return payload
+
+
+def write_metrics(metrics: dict, path: str | Path) -> None:
+    """Write the metrics dict as JSON (strict: no NaN) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")

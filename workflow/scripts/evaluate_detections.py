@@ -3,9 +3,9 @@
 
 import pandas as pd
 from celltrails.detector.metrics import embedding_successor_accuracy, match_detections, reach_without_radii
-from celltrails.evaluate import write_metrics
 from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
+from celltrails.serialize import write_metrics
 
 with script_logging(snakemake.log[0]) as log:
     voxel_size = read_image_meta(snakemake.input.image).voxel_size

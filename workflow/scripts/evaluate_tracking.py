@@ -4,9 +4,10 @@
 from pathlib import Path
 
 import pandas as pd
-from celltrails.evaluate import evaluate_ctc, evaluate_points, write_metrics
+from celltrails.evaluate import evaluate_ctc, evaluate_points
 from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
+from celltrails.serialize import write_metrics
 
 with script_logging(snakemake.log[0]) as log:
     truth = Path(snakemake.input.truth)

@@ -2,14 +2,12 @@
 series' centre threshold (rule `merge_detections`)."""
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
-import json
-
-from celltrails.atomic import atomic_path
 from celltrails.detector.checkpoint import load_checkpoint
 from celltrails.detector.infer import merge_detection_blocks, write_detections
 from celltrails.detector.threshold import apply_threshold
 from celltrails.figures import threshold_histogram
 from celltrails.logs import script_logging
+from celltrails.serialize import write_metrics
 
 with script_logging(snakemake.log[0]) as log:
     settings = snakemake.params.settings
@@ -22,7 +20,6 @@ with script_logging(snakemake.log[0]) as log:
              choice["calibrated"], choice["peaks"],
              "none" if choice["valley"] is None else f"{choice['valley']:.3f}", len(detections), len(merged))
     write_detections(detections, snakemake.output.detections)
-    with atomic_path(snakemake.output.threshold) as tmp:
-        tmp.write_text(json.dumps({"dataset": snakemake.wildcards.dataset, **choice}, indent=2) + "\n")
+    write_metrics({"dataset": snakemake.wildcards.dataset, **choice}, snakemake.output.threshold)
     threshold_histogram(merged["score"].to_numpy(), choice, snakemake.output.histogram,
                         f"{snakemake.wildcards.dataset}: {len(detections)} of {len(merged)} peaks kept")

@@ -41,8 +41,8 @@ def series_threshold(scores: np.ndarray, calibrated: float) -> dict:
     if len(scores) >= MIN_PEAKS:
         try:
             valley = max(LOWEST_THRESHOLD, float(threshold_minimum(scores)))
-        except RuntimeError:  # the smoothed histogram never had two maxima
-            valley = None
+        except RuntimeError:  # the smoothed histogram never had two maxima: no valley
+            pass
     # threshold_minimum also splits one noisy population: a valley needs a population on each side
     # and must be a dip, sparser than the densest part of either side.
     if valley is not None and not _separates(scores, valley):
