@@ -27,6 +27,7 @@ from celltrails.detector.infer import (
     merge_detection_blocks,
     pick_device,
     plan_tiles,
+    separable_max_filter,
     suppress_close,
     write_detections,
 )
@@ -194,6 +195,13 @@ def test_close_peaks_keep_the_higher_score_with_z_scaled():
     # (0,10,13) beats (0,10,10) at 3 px; (1,10,10) is 5 px away in z and (0,30,30) far from all.
     assert sorted(kept.index) == [1, 2, 3]
     assert len(suppress_close(table, 4.0, voxel_size=(1.0, 1.0, 1.0))) == 2
+
+
+@pytest.mark.parametrize("radius", [(1, 2, 2), (0, 3, 1), (2, 0, 0)])
+def test_separable_max_filter_equals_the_box_max_pool(radius):
+    maps = torch.randn(2, 1, 7, 19, 23, generator=torch.Generator().manual_seed(0))
+    box = F.max_pool3d(maps, kernel_size=[2 * r + 1 for r in radius], stride=1, padding=list(radius))
+    assert torch.equal(separable_max_filter(maps, radius), box)
 
 
 # --- frame pairs, division readout, blocks -------------------------------------------------------------
