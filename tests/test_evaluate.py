@@ -15,6 +15,7 @@ from celltrails.ctc import (
     write_track_table,
 )
 from celltrails.ctc_export import render_frame, write_ctc
+from celltrails.foreground import intensity_foreground
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges
 from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
@@ -123,6 +124,66 @@ def test_ellipsoids_follow_anisotropy():
     z_extent = np.flatnonzero((image == 1).any(axis=(1, 2)))
     assert z_extent.tolist() == [3, 4, 5, 6, 7]         # 4 px / (2 um per slice) = 2 slices each way
     assert (image[5] == 1).sum() == 49                   # lattice points with x^2 + y^2 <= 16
+
+
+def nuclei_frame(shape: tuple[int, int], nuclei: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """(1, y, x) image: uniform ellipses (cy, cx, semi-axis y, semi-axis x) at 1000 on 100, noise-free."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    image = np.full(shape, 100.0)
+    for cy, cx, ay, ax in nuclei:
+        image[((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 <= 1] = 1000.0
+    return image[None]
+
+
+def test_masks_grown_into_the_foreground_cover_an_elongated_nucleus(tmp_path):
+    # A 30 x 10 px ellipse detected with radius 10: the disk covers a third of the marker, which
+    # CTC counts as a missed cell; grown up to 1.5 radii it covers more than half.
+    frame = nuclei_frame((80, 120), [(40.0, 60.0, 10.0, 30.0)])
+    marker = (frame[0] == 1000).astype(np.uint16)
+    gt = tmp_path / "GT"
+    gt.mkdir()
+    for t in range(3):
+        write_label_frame(marker, gt, "man_track", t, 3)
+    write_track_table(pd.DataFrame({"label": [1], "begin": [0], "end": [2], "parent": [0]}), gt / "man_track.txt")
+    tracks = pd.DataFrame({"t": [0, 1, 2], "cell_id": [0, 1, 2], "track_id": 1, "parent_track_id": -1,
+                           "z": 0.0, "y": 40.0, "x": 60.0, "radius": 10.0})
+    foreground = intensity_foreground(frame, sigma=1.0)
+    write_ctc(tracks, tmp_path / "disk", (1, 80, 120), 3)
+    write_ctc(tracks, tmp_path / "grown", (1, 80, 120), 3, foreground=lambda t: foreground, reach=1.5)
+    assert_valid_ctc(tmp_path / "grown")
+    assert evaluate_ctc(gt, tmp_path / "disk")["fn_nodes"] == 3
+    assert evaluate_ctc(gt, tmp_path / "grown")["TRA"] == 1.0
+    grown = render_frame(tracks.iloc[:1], {1: 1}, (1, 80, 120), foreground=foreground, reach=1.5)[0]
+    yy, xx = np.nonzero(grown == 1)
+    assert np.hypot(yy - 40, xx - 60).max() <= 15.0          # never beyond reach * radius
+    assert (grown == 1).sum() > 0.5 * marker.sum() > (render_frame(tracks.iloc[:1], {1: 1}, (1, 80, 120)) == 1).sum()
+
+
+def test_grown_masks_split_touching_nuclei_and_never_shrink_a_disk():
+    # Two nuclei touching at x = 40 (a dimmer seam after smoothing); the left one is detected
+    # small. A third cell sits in the background: its disk stays as it is.
+    frame = nuclei_frame((60, 100), [(30.0, 25.0, 12.0, 15.0), (30.0, 53.0, 12.0, 13.0)])
+    cells = pd.DataFrame({"track_id": [1, 2, 3], "z": 0.0, "y": [30.0, 30.0, 8.0], "x": [25.0, 53.0, 90.0],
+                          "radius": [6.0, 12.0, 4.0]})
+    disk = render_frame(cells, {k: k for k in (1, 2, 3)}, (1, 60, 100))
+    grown = render_frame(cells, {k: k for k in (1, 2, 3)}, (1, 60, 100),
+                         foreground=intensity_foreground(frame, sigma=2.0), reach=3.0)
+    assert np.array_equal(grown[disk > 0], disk[disk > 0])   # disks never shrink or change hands
+    assert np.array_equal(grown == 3, disk == 3)              # a cell outside the foreground keeps its disk
+    left = frame[0] == 1000
+    left[:, 40:] = False
+    assert (grown[0][left] == 1).mean() > 0.9 and not (grown[0][left] == 2).any()
+    assert (grown == 1).sum() > 2 * (disk == 1).sum()
+
+
+def test_intensity_foreground_rejects_nan_and_finds_nothing_in_a_flat_frame():
+    assert not intensity_foreground(np.full((1, 20, 20), 7.0), sigma=1.0).mask.any()
+    frame = nuclei_frame((40, 40), [(20.0, 20.0, 6.0, 6.0)])
+    found = intensity_foreground(frame, sigma=1.0)
+    assert found.mask[0, 20, 20] and not found.mask[0, 2, 2]
+    frame[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        intensity_foreground(frame, sigma=1.0)
 
 
 def test_large_track_ids_are_remapped(tmp_path):

@@ -7,17 +7,29 @@ weighted Voronoi split inside the shapes), which keeps every cell's own centre; 
 then stamped explicitly so that every label is present in every frame of its track, as the CTC
 format requires, even for sub-voxel radii or coinciding centres. No library renders point tracks
 into CTC masks under these rules, hence the hand-written painter.
+
+With a foreground map (:mod:`celltrails.foreground`) each shape then grows into the foreground
+voxels no shape claimed, up to ``reach`` radii from its centre, split between cells by a seeded
+watershed (scikit-image) on the smoothed intensity: masks follow the nuclei where
+they are larger or less round than the disk, and a shape never shrinks, so a dim cell outside the
+foreground keeps its disk. Measured on celltrails' own tracks (TRA, disks -> grown, reach 1.5):
+Fluo-N2DH-GOWT1 02 0.887 -> 0.919, synthetic 3D heldout3d 0.952 -> 0.967, Fluo-N2DH-SIM+ 02
+0.948 -> 0.948. (A watershed on the foreground's distance transform scored the same and took 10x
+longer: 0.19 s per 1024x1024 frame for the transform alone.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from skimage.segmentation import watershed
 
 from celltrails.atomic import atomic_path
 from celltrails.ctc import write_label_frame, write_track_table
+from celltrails.foreground import Foreground
 
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
 
@@ -47,8 +59,10 @@ def track_table(tracks: pd.DataFrame, labels: dict[int, int]) -> pd.DataFrame:
 
 
 def render_frame(cells: pd.DataFrame, labels: dict[int, int], shape: tuple[int, int, int],
-                 voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """uint16 (z, y, x) label image of one frame's cells (columns track_id, z, y, x, radius)."""
+                 voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 foreground: Foreground | None = None, reach: float = 1.5) -> np.ndarray:
+    """uint16 (z, y, x) label image of one frame's cells (columns track_id, z, y, x, radius),
+    grown into ``foreground`` up to ``reach`` radii if given."""
     image = np.zeros(shape, dtype=np.uint16)
     best = np.full(shape, np.inf, dtype=np.float32)
     shape_arr = np.asarray(shape)
@@ -69,8 +83,41 @@ def render_frame(cells: pd.DataFrame, labels: dict[int, int], shape: tuple[int, 
         take = (dist <= 1.0) & (dist < best[box])
         best[box][take] = dist[take]
         image[box][take] = lab
+    if foreground is not None and len(label):
+        grow_into_foreground(image, centres, radius, label, foreground, reach, voxel_size)
     _stamp_centres(image, centres, label)
     return image
+
+
+def grow_into_foreground(image: np.ndarray, centres: np.ndarray, radius: np.ndarray, label: np.ndarray,
+                         foreground: Foreground, reach: float,
+                         voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    """Give the unlabelled foreground voxels to the cells, in place, without moving any label.
+
+    Cells whose centre voxel lies in the foreground seed a watershed of the negated smoothed
+    intensity inside the foreground mask (touching nuclei split at the dark valley between them);
+    a voxel it assigns is taken when it is still unlabelled and within ``reach`` * radius (xy
+    pixels, z scaled) of its cell's centre. Labels must be unique in the frame.
+    """
+    if foreground.mask.shape != image.shape:
+        raise ValueError(f"foreground shape {foreground.mask.shape} differs from the frame's {image.shape}")
+    scale = np.asarray(voxel_size, dtype=float) / float(voxel_size[2])
+    voxel = np.clip(np.rint(centres).astype(int), 0, np.asarray(image.shape) - 1)
+    seeded = foreground.mask[tuple(voxel.T)]
+    if not seeded.any():
+        return
+    markers = np.zeros(image.shape, dtype=np.int32)
+    markers[tuple(voxel[seeded].T)] = label[seeded]
+    regions = watershed(-foreground.smoothed, markers, mask=foreground.mask)
+    where = np.nonzero((regions > 0) & (image == 0))
+    owner = regions[where]
+    centre_of = np.zeros((int(label.max()) + 1, 3))
+    limit_of = np.zeros(int(label.max()) + 1)
+    centre_of[label] = centres
+    limit_of[label] = reach * radius
+    offset = (np.stack(where, axis=1) - centre_of[owner]) * scale
+    near = np.einsum("ij,ij->i", offset, offset) <= limit_of[owner] ** 2
+    image[tuple(axis[near] for axis in where)] = owner[near]
 
 
 def _stamp_centres(image: np.ndarray, centres: np.ndarray, label: np.ndarray) -> None:
@@ -97,11 +144,15 @@ def _stamp_centres(image: np.ndarray, centres: np.ndarray, label: np.ndarray) ->
 
 
 def write_ctc(tracks: pd.DataFrame, folder: str | Path, shape: tuple[int, int, int], n_frames: int,
-              voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[int, int]:
+              voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0),
+              foreground: Callable[[int], Foreground] | None = None, reach: float = 1.5,
+              progress: Callable[[], None] | None = None) -> dict[int, int]:
     """Write a CTC result folder (``res_track.txt`` + ``maskTTT.tif``) atomically.
 
     ``shape`` is (z, y, x); with z == 1 the masks are 2D images. Masks are rendered frame by frame
-    (memory: one frame). Returns the track_id -> CTC label mapping (identity when ids fit uint16).
+    (memory: one frame), grown into ``foreground(t)`` (frame t's foreground) when given;
+    ``progress`` is called after each frame. Returns the track_id -> CTC label mapping (identity
+    when ids fit uint16).
     """
     if len(shape) != 3:
         raise ValueError(f"shape must be (z, y, x), not {shape}")
@@ -114,7 +165,11 @@ def write_ctc(tracks: pd.DataFrame, folder: str | Path, shape: tuple[int, int, i
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         for t in range(n_frames):
-            image = render_frame(by_frame.get(t, empty), labels, shape, voxel_size)
+            cells = by_frame.get(t, empty)
+            fg = foreground(t) if foreground is not None and len(cells) else None
+            image = render_frame(cells, labels, shape, voxel_size, fg, reach)
             write_label_frame(image[0] if shape[0] == 1 else image, tmp, "mask", t, n_frames)
+            if progress is not None:
+                progress()
         write_track_table(table, tmp / "res_track.txt")
     return labels

@@ -34,6 +34,8 @@ rule lineage:
     params:
         link=config["link"],
         lineage=config["lineage"],
+        masks=config["ctc_masks"],
+        channel=config["detector"]["channel"],
     log:
         "logs/lineage/{dataset}.log",
     benchmark:
