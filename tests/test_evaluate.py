@@ -15,7 +15,8 @@ from celltrails.ctc import (
     write_track_table,
 )
 from celltrails.ctc_export import render_frame, write_ctc
-from celltrails.foreground import intensity_foreground
+from celltrails.foreground import intensity_foreground, series_foreground
+from celltrails.ome_zarr_io import create_image_store
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges
 from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
@@ -184,6 +185,18 @@ def test_intensity_foreground_rejects_nan_and_finds_nothing_in_a_flat_frame():
     frame[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         intensity_foreground(frame, sigma=1.0)
+
+
+def test_series_foreground_reads_the_channel_and_scales_sigma_with_the_radius(tmp_path):
+    array = create_image_store(tmp_path / "image.ome.zarr", (2, 2, 1, 40, 40), np.float32, (1.0, 1.0, 1.0), 1.0,
+                               ("empty", "nuclei"))
+    array[1, 1] = nuclei_frame((40, 40), [(20.0, 20.0, 6.0, 6.0)])
+    foreground, sigma = series_foreground(tmp_path / "image.ome.zarr", 1, np.array([8.0, np.nan, 12.0]), 0.25)
+    assert sigma == 2.5                                       # 0.25 x median of the finite radii
+    assert foreground(1).mask[0, 20, 20] and not foreground(0).mask.any()
+    array[0, 1, 0, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="frame 0, channel 1"):
+        foreground(0)
 
 
 def test_large_track_ids_are_remapped(tmp_path):

@@ -13,7 +13,7 @@ voxels no shape claimed, up to ``reach`` radii from its centre, split between ce
 watershed (scikit-image) on the smoothed intensity: masks follow the nuclei where
 they are larger or less round than the disk, and a shape never shrinks, so a dim cell outside the
 foreground keeps its disk. Measured on celltrails' own tracks (TRA, disks -> grown, reach 1.5):
-Fluo-N2DH-GOWT1 02 0.887 -> 0.919, synthetic 3D heldout3d 0.952 -> 0.967, Fluo-N2DH-SIM+ 02
+Fluo-N2DH-GOWT1 02 0.887 -> 0.918, synthetic 3D heldout3d 0.952 -> 0.967, Fluo-N2DH-SIM+ 02
 0.948 -> 0.948. (A watershed on the foreground's distance transform scored the same and took 10x
 longer: 0.19 s per 1024x1024 frame for the transform alone.)
 """

@@ -9,12 +9,15 @@ each disk into it (:func:`celltrails.ctc_export.grow_into_foreground`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+
+from celltrails.ome_zarr_io import open_image
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,24 @@ def intensity_foreground(frame: np.ndarray, sigma: float,
     if smoothed.max() <= smoothed.min():
         return Foreground(np.zeros(frame.shape, dtype=bool), smoothed)
     return Foreground(smoothed > threshold_otsu(smoothed), smoothed)
+
+
+def series_foreground(image_path: str | Path, channel: int, radius: np.ndarray, smoothing: float
+                      ) -> tuple[Callable[[int], Foreground], float]:
+    """Frame t -> its :func:`intensity_foreground` in one channel of an OME-Zarr image, and the sigma.
+
+    The Gaussian sigma is ``smoothing`` times the median of the finite ``radius`` values (the cells'
+    detected radii, xy pixels), so the smoothing follows the nuclei's size, not the pixel size.
+    """
+    array, meta = open_image(image_path)
+    finite = np.asarray(radius, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    sigma = smoothing * float(np.median(finite)) if len(finite) else 0.0
+
+    def foreground(t: int) -> Foreground:
+        try:
+            return intensity_foreground(np.asarray(array[t, channel]), sigma, meta.voxel_size)
+        except ValueError as err:
+            raise ValueError(f"{image_path}, frame {t}, channel {channel}: {err}") from err
+
+    return foreground, sigma

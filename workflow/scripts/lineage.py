@@ -1,15 +1,14 @@
 """Snakemake adapter: tracks, napari table and CTC result from detections and links (rule `lineage`)."""
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
-import numpy as np
 import pandas as pd
 from celltrails.atomic import atomic_path
 from celltrails.ctc_export import write_ctc
-from celltrails.foreground import Foreground, intensity_foreground
+from celltrails.foreground import series_foreground
 from celltrails.lineage import LineageParams, assemble_tracks, write_tracks
 from celltrails.linking import link_params_from_config
 from celltrails.logs import ProgressLog, script_logging
-from celltrails.ome_zarr_io import open_image, read_image_meta
+from celltrails.ome_zarr_io import read_image_meta
 
 with script_logging(snakemake.log[0]) as log:
     meta = read_image_meta(snakemake.input.image)
@@ -27,16 +26,10 @@ with script_logging(snakemake.log[0]) as log:
     masks = snakemake.params.masks
     foreground = None
     if masks["shape"] == "foreground" and len(tracks):
-        array, _ = open_image(snakemake.input.image)
-        radius = tracks["radius"].to_numpy(float)
-        sigma = masks["smoothing"] * float(np.median(radius[np.isfinite(radius)])) if np.isfinite(radius).any() else 0.0
-        channel = snakemake.params.channel
+        foreground, sigma = series_foreground(snakemake.input.image, snakemake.params.channel,
+                                              tracks["radius"].to_numpy(float), masks["smoothing"])
         log.info("CTC masks: disks grown into the foreground of channel %d (sigma %.2f px, reach %.2f radii)",
-                 channel, sigma, masks["reach"])
-
-        def foreground(t: int) -> Foreground:
-            return intensity_foreground(np.asarray(array[t, channel]), sigma, meta.voxel_size)
-
+                 snakemake.params.channel, sigma, masks["reach"])
     write_ctc(tracks, snakemake.output.ctc, shape=meta.shape[2:], n_frames=meta.n_frames,
               voxel_size=meta.voxel_size, foreground=foreground, reach=masks["reach"],
               progress=ProgressLog(log, meta.n_frames, "CTC mask frames").advance)
