@@ -3,7 +3,7 @@
 laptrack sees the detections' positions only (physical scale: z times the anisotropy), with
 splitting on and gap closing off, the same generic cutoff as in the classical pipeline
 (``suite.classical``, 1.5 nucleus radii). The result is drawn as CTC masks exactly as celltrails
-draws its own (disks / ellipsoids of the detected radius), so only the linking differs: celltrails
+draws its own (``suite.ctc_result``), so only the linking differs: celltrails
 adds the detector's embeddings, sizes and division probabilities to the positions.
 
     python -m suite.laptrack_runner DETECTIONS IMAGE RES --radius R
@@ -15,11 +15,11 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from celltrails.ctc_export import write_ctc
 from celltrails.ome_zarr_io import read_image_meta
 
 from suite.classical import PARAMETERS as CLASSICAL_PARAMETERS
 from suite.classical import laptrack_tracks
+from suite.ctc_result import write_like_celltrails
 
 PARAMETERS = {"link_cutoff_r": CLASSICAL_PARAMETERS["link_cutoff_r"], "splitting": "on", "gap_closing": "off",
               "input": "detection positions only"}
@@ -44,7 +44,7 @@ def run(detections_path: Path, image: Path, res: Path, radius: float) -> None:
     meta = read_image_meta(image)
     detections = pd.read_parquet(detections_path)
     tracks = tracks_table(detections, radius, meta.voxel_size[0] / meta.voxel_size[2])
-    write_ctc(tracks, res, shape=meta.shape[2:], n_frames=meta.n_frames, voxel_size=meta.voxel_size)
+    write_like_celltrails(tracks, image, res)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ MaxParents(1) and MaxChildren(2). Costs are in units of the nucleus radius r, as
 motile's tutorial would set them: an edge costs distance / r minus 1 (short links are rewarded),
 a track start 1, a division 1, and every detection is rewarded for being selected (it passed the
 detector's threshold, as in celltrails). The result is drawn as CTC masks exactly as celltrails
-draws its own (disks / ellipsoids of the detected radius), so only the linking differs.
+draws its own (``suite.ctc_result``), so only the linking differs.
 
     python -m suite.motile_runner DETECTIONS IMAGE RES --radius R
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pandas as pd
-from celltrails.ctc_export import write_ctc
 from celltrails.ome_zarr_io import read_image_meta
 from scipy.spatial import cKDTree
+
+from suite.ctc_result import write_like_celltrails
 
 PARAMETERS = {"candidate_radius_r": 1.5, "edge_cost": "distance / r - 1", "appear_cost": 1.0, "split_cost": 1.0,
               "node_selected_cost": -2.0, "max_parents": 1, "max_children": 2, "solver": "SCIP (ilpy)"}
@@ -100,8 +101,7 @@ def run(detections_path: Path, image: Path, res: Path, radius: float) -> None:
     detections = pd.read_parquet(detections_path)
     anisotropy = meta.voxel_size[0] / meta.voxel_size[2]
     selected = solve(candidate_graph(detections, radius, anisotropy))
-    write_ctc(tracks_table(selected, detections), res, shape=meta.shape[2:], n_frames=meta.n_frames,
-              voxel_size=meta.voxel_size)
+    write_like_celltrails(tracks_table(selected, detections), image, res)
 
 
 def main() -> None:

@@ -1,0 +1,35 @@
+"""CTC results of linkers run on celltrails' detections, drawn exactly as celltrails draws its own.
+
+The masks follow the workflow's default ``ctc_masks`` settings (read from the config schema, so the
+two cannot drift apart): disks / ellipsoids of the detected radius grown into the nuclear foreground
+of channel 0. The comparison on identical detections then differs in the linking only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from celltrails.ctc_export import write_ctc
+from celltrails.foreground import series_foreground
+from celltrails.ome_zarr_io import read_image_meta
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def default_mask_settings() -> dict:
+    """The workflow's default ``ctc_masks`` settings (shape, reach, smoothing)."""
+    properties = yaml.safe_load(SCHEMA.read_text())["properties"]["ctc_masks"]["properties"]
+    return {key: spec["default"] for key, spec in properties.items()}
+
+
+def write_like_celltrails(tracks: pd.DataFrame, image: Path, res: Path) -> None:
+    """Write ``tracks`` (celltrails' tracks columns) as a CTC result with celltrails' default masks."""
+    meta = read_image_meta(image)
+    masks = default_mask_settings()
+    foreground = None
+    if masks["shape"] == "foreground" and len(tracks):
+        foreground, _ = series_foreground(image, 0, tracks["radius"].to_numpy(float), masks["smoothing"])
+    write_ctc(tracks, res, shape=meta.shape[2:], n_frames=meta.n_frames, voxel_size=meta.voxel_size,
+              foreground=foreground, reach=masks["reach"])
