@@ -165,7 +165,7 @@ def _autocast(device: torch.device, amp: bool):
 
 def _step_losses(model: CellDetector, batch: dict, weights: LossWeights, device: torch.device,
                  amp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    x = batch["x"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+    x = batch["x"].to(device, non_blocking=True)
     targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
     with _autocast(device, amp):
         out = model(x)
@@ -303,7 +303,6 @@ def _whole_frame_passes(model: CellDetector, source: Source, frames: Sequence[in
     last = source.meta.n_frames - 1
     for t in frames:
         x = torch.from_numpy(np.stack([frame(t), frame(min(t + 1, last))]))[None].to(device)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
         for stale in [k for k in cache if k < t]:
             del cache[stale]
         yield t, model(x)
@@ -493,9 +492,10 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
                         source.name, source.binning, source.binning, source.default_radius * source.binning,
                         source.default_radius)
     _check_sources(sources, config)
-    # Channels-last lets oneDNN use every thread in a convolution: a training step on 2 Intel
-    # cores took 0.93 -> 0.44 s (3D, 2 crops of 16x96x96) and 0.35 -> 0.27 s (2D, 8 of 128x128).
-    model = CellDetector(config).to(device, memory_format=torch.channels_last_3d)
+    # Not channels-last, although a step would be 1.3x (2D) to 2.1x (3D) faster on 2 cores: with
+    # it, GOWT1 01 detectors (seeds 0, 1, 2) tracked GOWT1 02 at TRA 0.880 / 0.902 / 0.925 against
+    # 0.918 / 0.924 / 0.920 without; not significant with 3 seeds, but no reason to take the spread.
+    model = CellDetector(config).to(device)
     crop = _crop_size(crop_size, sources, model)
     splits = [split_frames(s, val_fraction) for s in sources]
     train_sampler = CropSampler(sources, [tr for tr, _ in splits], crop, augmentation, repeat_probability,
