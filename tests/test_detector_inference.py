@@ -305,3 +305,15 @@ def test_real_network_from_a_checkpoint(tmp_path, division_series):
     assert list(found.columns) == [*DETECTION_COLUMNS, *(f"emb_{k}" for k in range(6))]
     assert set(found.t) <= {3, 4} and len(found) > 0
     assert found["division_prob"].between(0, 1).all() and (found["radius"] >= 0).all()
+
+
+def test_detection_leaves_the_callers_model_as_it_was(division_series):
+    model_module = pytest.importorskip("celltrails.detector.model")
+    torch.manual_seed(0)
+    model = model_module.CellDetector(model_module.DetectorConfig(spatial_dims=2, base_channels=4, depth=2,
+                                                                  embedding_dim=6)).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    run(division_series, model, tile=(1, 32, 32), overlap=(0, 8, 8), threshold=0.01)
+    assert model.training  # not switched to eval
+    for name, p in model.named_parameters():  # same values, still channels-first (training layout)
+        assert torch.equal(p, before[name]) and p.is_contiguous(), name

@@ -177,6 +177,32 @@ def test_grown_masks_split_touching_nuclei_and_never_shrink_a_disk():
     assert (grown == 1).sum() > 2 * (disk == 1).sum()
 
 
+def test_a_nucleus_with_a_dark_centre_still_grows_and_keeps_its_neighbour_out():
+    # Nucleus A has a dark nucleolus under its centre voxel: its whole disk seeds the watershed.
+    frame = nuclei_frame((60, 100), [(30.0, 30.0, 14.0, 14.0), (30.0, 58.0, 14.0, 14.0)])
+    frame[0, 27:34, 27:34] = 100.0
+    cells = pd.DataFrame({"track_id": [1, 2], "z": 0.0, "y": 30.0, "x": [30.0, 58.0], "radius": [8.0, 14.0]})
+    disk = render_frame(cells, {1: 1, 2: 2}, (1, 60, 100))
+    grown = render_frame(cells, {1: 1, 2: 2}, (1, 60, 100), foreground=intensity_foreground(frame, sigma=1.0),
+                         reach=2.0)
+    nucleus_a = np.hypot(*np.mgrid[:60, :100] - np.array([30.0, 30.0])[:, None, None]) <= 14
+    assert (grown[0][nucleus_a] == 1).sum() > 1.5 * (disk[0][nucleus_a] == 1).sum()
+    assert not (grown[0][nucleus_a & (np.arange(100) < 44)] == 2).any()
+
+
+def test_grown_ellipsoids_respect_the_anisotropy():
+    # z steps of 3 px: reach 1.5 x radius 6 = 9 px = 3 slices each way, never more.
+    frame = np.full((21, 40, 40), 100.0)
+    frame[4:17, 5:35, 5:35] = 1000.0                          # a big bright box around the cell
+    cells = pd.DataFrame({"track_id": [1], "z": [10.0], "y": [20.0], "x": [20.0], "radius": [6.0]})
+    grown = render_frame(cells, {1: 1}, (21, 40, 40), voxel_size=(3.0, 1.0, 1.0),
+                         foreground=intensity_foreground(frame, sigma=1.0, voxel_size=(3.0, 1.0, 1.0)), reach=1.5)
+    z, y, x = np.nonzero(grown == 1)
+    assert z.min() == 7 and z.max() == 13
+    assert np.sqrt((3 * (z - 10)) ** 2 + (y - 20) ** 2 + (x - 20) ** 2).max() <= 9.0
+    assert (grown == 1).sum() > 2 * (render_frame(cells, {1: 1}, (21, 40, 40), voxel_size=(3.0, 1.0, 1.0)) == 1).sum()
+
+
 def test_intensity_foreground_rejects_nan_and_finds_nothing_in_a_flat_frame():
     assert not intensity_foreground(np.full((1, 20, 20), 7.0), sigma=1.0).mask.any()
     frame = nuclei_frame((40, 40), [(20.0, 20.0, 6.0, 6.0)])

@@ -84,6 +84,7 @@ def render_frame(cells: pd.DataFrame, labels: dict[int, int], shape: tuple[int, 
         best[box][take] = dist[take]
         image[box][take] = lab
     if foreground is not None and len(label):
+        del best
         grow_into_foreground(image, centres, radius, label, foreground, reach, voxel_size)
     _stamp_centres(image, centres, label)
     return image
@@ -94,30 +95,33 @@ def grow_into_foreground(image: np.ndarray, centres: np.ndarray, radius: np.ndar
                          voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
     """Give the unlabelled foreground voxels to the cells, in place, without moving any label.
 
-    Cells whose centre voxel lies in the foreground seed a watershed of the negated smoothed
-    intensity inside the foreground mask (touching nuclei split at the dark valley between them);
-    a voxel it assigns is taken when it is still unlabelled and within ``reach`` * radius (xy
-    pixels, z scaled) of its cell's centre. Labels must be unique in the frame.
+    Each cell's shape inside the foreground mask seeds a watershed of the negated smoothed
+    intensity (touching nuclei split at the dark valley between them; a whole shape, not only the
+    centre voxel, so a cell with a dark nucleolus at its centre still grows); a voxel it assigns is
+    taken when it is still unlabelled and within ``reach`` * radius (xy pixels, z scaled) of its
+    cell's centre. Labels must be unique in the frame. Memory: about 30 bytes per frame voxel
+    (scikit-image's watershed works on float64 copies), on top of the frame's foreground.
     """
     if foreground.mask.shape != image.shape:
         raise ValueError(f"foreground shape {foreground.mask.shape} differs from the frame's {image.shape}")
-    scale = np.asarray(voxel_size, dtype=float) / float(voxel_size[2])
-    voxel = np.clip(np.rint(centres).astype(int), 0, np.asarray(image.shape) - 1)
-    seeded = foreground.mask[tuple(voxel.T)]
-    if not seeded.any():
+    markers = np.where(foreground.mask, image, 0).astype(np.int32)
+    if not markers.any():
         return
-    markers = np.zeros(image.shape, dtype=np.int32)
-    markers[tuple(voxel[seeded].T)] = label[seeded]
     regions = watershed(-foreground.smoothed, markers, mask=foreground.mask)
-    where = np.nonzero((regions > 0) & (image == 0))
-    owner = regions[where]
-    centre_of = np.zeros((int(label.max()) + 1, 3))
-    limit_of = np.zeros(int(label.max()) + 1)
-    centre_of[label] = centres
-    limit_of[label] = reach * radius
-    offset = (np.stack(where, axis=1) - centre_of[owner]) * scale
-    near = np.einsum("ij,ij->i", offset, offset) <= limit_of[owner] ** 2
-    image[tuple(axis[near] for axis in where)] = owner[near]
+    del markers
+    axis_scale = float(voxel_size[2]) / np.asarray(voxel_size, dtype=float)
+    upper = np.asarray(image.shape)
+    for centre, r, lab in zip(centres, radius, label):
+        semi = reach * r * axis_scale
+        lo = np.maximum(np.floor(centre - semi).astype(int), 0)
+        hi = np.minimum(np.ceil(centre + semi).astype(int) + 1, upper)
+        if np.any(hi <= lo):
+            continue
+        grid = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        inside = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, semi)) <= 1.0
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        take = inside & (regions[box] == lab) & (image[box] == 0)
+        image[box][take] = lab
 
 
 def _stamp_centres(image: np.ndarray, centres: np.ndarray, label: np.ndarray) -> None:

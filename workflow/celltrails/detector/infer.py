@@ -199,6 +199,25 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return choices[precision]
 
 
+@contextlib.contextmanager
+def inference_layout(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode and channels-last (NDHWC) layout inside the block; its mode and
+    layout are restored afterwards, so a caller that goes on training gets its model back as it was.
+
+    Channels-last lets oneDNN spread each convolution over the threads: measured on 2 Intel cores,
+    the 3D detector's pass over a 20x160x160 pair took 0.59 s channels-first and 0.35 s
+    channels-last (2D, 4 tiles of 256x256: 0.14 vs 0.07 s), the same maps within 4e-4 in logits;
+    with one thread both take the same time. A channels-last input with channels-first weights
+    was slower (the weights are reordered on every call).
+    """
+    was_training = model.training
+    model.to(memory_format=torch.channels_last_3d).eval()
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format).train(was_training)
+
+
 def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
               amp: torch.dtype | None, valid: Sequence[int]) -> dict[str, torch.Tensor]:
     """Model outputs for a tile batch, float32 and cropped to the part of the tiles in the frame."""
@@ -421,7 +440,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     ``normalize_frame``), ``channel`` (used when ``channel`` is None) and ``threshold`` (the
     calibrated centre threshold, used when ``threshold`` is None; else 0.5). ``tile`` and ``overlap``
     are (z, y, x) voxels, ``min_distance`` xy pixels; ``precision`` is 'auto' (bf16 autocast on
-    CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. The model is moved to ``device`` in eval mode.
+    CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16'. The model is moved to ``device``; its mode
+    and memory layout are restored after the run (:func:`inference_layout`).
     ``binning`` > 1 runs the model on the image binned in y, x by that factor (tiles, overlaps and
     ``min_distance`` are then in binned pixels, the network's scale, see
     :mod:`celltrails.detector.scale`); positions and radii are returned in image pixels either way.
@@ -439,11 +459,7 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     torch_device = torch.device(device)
     if torch_device.type == "cpu":
         torch.set_num_threads(threads)
-    # Channels-last (NDHWC) lets oneDNN spread each convolution over the threads: measured on 2
-    # Intel cores, the 3D detector's pass over a 20x160x160 pair took 0.59 s channels-first and
-    # 0.35 s channels-last (2D, 4 tiles of 256x256: 0.14 vs 0.07 s), the same maps within 4e-4
-    # in logits; with one thread both take the same time.
-    model = model.to(torch_device, memory_format=torch.channels_last_3d).eval()
+    model = model.to(torch_device)
     array = binned_image(array, binning)
     voxel_size = working_voxel_size(meta.voxel_size, binning)
     threshold = float(settings.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
@@ -456,7 +472,7 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d, centre threshold %.2f%s",
                 t_start, t_stop - 1, torch_device, len(runner.grid), runner.grid.size, batch_size, threshold,
                 f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_layout(model):
         tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger)
     result = to_image(pd.concat(tables, ignore_index=True), binning).sort_values(SORT_KEYS, ignore_index=True)
     result.attrs["timings"] = runner.timer.seconds
