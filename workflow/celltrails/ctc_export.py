@@ -20,7 +20,7 @@ longer: 0.19 s per 1024x1024 frame for the transform alone.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,21 +65,15 @@ def render_frame(cells: pd.DataFrame, labels: dict[int, int], shape: tuple[int, 
     grown into ``foreground`` up to ``reach`` radii if given."""
     image = np.zeros(shape, dtype=np.uint16)
     best = np.full(shape, np.inf, dtype=np.float32)
-    shape_arr = np.asarray(shape)
-    # Semi-axes in voxels of a sphere of radius r xy pixels: z shrinks by voxel_x / voxel_z.
-    axis_scale = float(voxel_size[2]) / np.asarray(voxel_size, dtype=float)
     centres = cells[["z", "y", "x"]].to_numpy(float)
     radius = np.nan_to_num(cells["radius"].to_numpy(float), nan=0.0).clip(min=0.5)
     label = cells["track_id"].map(labels).to_numpy(np.uint16)
     for centre, r, lab in zip(centres, radius, label):
-        semi = r * axis_scale
-        lo = np.maximum(np.floor(centre - semi).astype(int), 0)
-        hi = np.minimum(np.ceil(centre + semi).astype(int) + 1, shape_arr)
-        if np.any(hi <= lo):
+        found = _sphere_box(centre, r, voxel_size, shape)
+        if found is None:
             continue
-        grid = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        dist = sum(((g - c) / s) ** 2 for g, c, s in zip(grid, centre, semi)).astype(np.float32)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box, dist = found
+        dist = dist.astype(np.float32)
         take = (dist <= 1.0) & (dist < best[box])
         best[box][take] = dist[take]
         image[box][take] = lab
@@ -110,19 +104,28 @@ def grow_into_foreground(image: np.ndarray, centres: np.ndarray, radius: np.ndar
         return
     regions = watershed(-foreground.smoothed, markers, mask=foreground.mask)
     del markers
-    axis_scale = float(voxel_size[2]) / np.asarray(voxel_size, dtype=float)
-    upper = np.asarray(image.shape)
     for centre, r, lab in zip(centres, radius, label):
-        semi = reach * r * axis_scale
-        lo = np.maximum(np.floor(centre - semi).astype(int), 0)
-        hi = np.minimum(np.ceil(centre + semi).astype(int) + 1, upper)
-        if np.any(hi <= lo):
+        found = _sphere_box(centre, reach * r, voxel_size, image.shape)
+        if found is None:
             continue
-        grid = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        inside = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, semi)) <= 1.0
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        take = inside & (regions[box] == lab) & (image[box] == 0)
+        box, dist = found
+        take = (dist <= 1.0) & (regions[box] == lab) & (image[box] == 0)
         image[box][take] = lab
+
+
+def _sphere_box(centre: np.ndarray, radius: float, voxel_size: Sequence[float], shape: Sequence[int]
+                ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The frame box around a sphere of ``radius`` xy pixels (an ellipsoid in voxels: z shrinks by
+    voxel_x / voxel_z) and each box voxel's squared distance from the centre in radii (<= 1 inside);
+    None when the box lies outside the frame."""
+    semi = radius * float(voxel_size[2]) / np.asarray(voxel_size, dtype=float)
+    lo = np.maximum(np.floor(centre - semi).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + semi).astype(int) + 1, np.asarray(shape))
+    if np.any(hi <= lo):
+        return None
+    grid = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    dist = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, semi))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), dist
 
 
 def _stamp_centres(image: np.ndarray, centres: np.ndarray, label: np.ndarray) -> None:
