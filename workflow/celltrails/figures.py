@@ -16,6 +16,13 @@ from celltrails.atomic import atomic_path  # noqa: E402
 from celltrails.ome_zarr_io import open_image  # noqa: E402
 
 
+def save_png(fig: plt.Figure, path: str | Path, dpi: int = 110) -> None:
+    """Write a figure as PNG atomically (a killed job leaves no finished-looking file) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 def _stretch(image: np.ndarray) -> np.ndarray:
     low, high = np.percentile(image, (1.0, 99.8))
     return np.clip((image - low) / max(high - low, 1e-9), 0.0, 1.0)
@@ -51,9 +58,7 @@ def overview_montage(image_path: str | Path, out_png: str | Path, n_frames: int 
     kind = "3D, max projection over z" if meta.is_3d else "2D"
     fig.suptitle(title or f"{Path(image_path).parent.name}: {meta.n_frames} frames, {kind}", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def threshold_histogram(scores: np.ndarray, choice: dict, out_png: str | Path, title: str) -> None:
@@ -75,6 +80,4 @@ def threshold_histogram(scores: np.ndarray, choice: dict, out_png: str | Path, t
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, out_png)
