@@ -10,6 +10,7 @@ interface and the CTC validity, not accuracy (the detector and linker tests meas
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
+from celltrails.memory import detect_memory_mb, lineage_memory_mb
+from celltrails.ome_zarr_io import read_image_meta
 from conftest import REPO
 from ctc_metrics import validate_sequence
 from test_workflow import register, snakemake
@@ -94,6 +97,21 @@ def test_blocks_are_temporary_and_rerun_has_nothing_to_do(tracked):
         assert (tracked / "benchmarks" / rule).exists(), rule
     result = snakemake(tracked, "-n")
     assert "Nothing to be done" in result.stdout
+
+
+def test_frame_sized_jobs_ask_for_the_memory_their_frames_need(tracked):
+    """detect_block and lineage request celltrails.memory's estimate for this image's frames (a
+    dry run prints each job's resources), not a fixed amount."""
+    meta = read_image_meta(tracked / "results" / "tiny" / "image.ome.zarr")
+    result = snakemake(tracked, "-n", "--forcerun", "detect_block", "lineage")
+    assert result.returncode == 0, result.stdout[-3000:]
+    requested = {}
+    for block in result.stdout.split("\nrule ")[1:]:
+        rule, found = block.split(":", 1)[0], re.search(r"mem_mb=(\d+)", block)
+        if found:
+            requested.setdefault(rule, set()).add(int(found.group(1)))
+    assert requested["detect_block"] == {detect_memory_mb(meta)}
+    assert requested["lineage"] == {lineage_memory_mb(meta, "foreground")}
 
 
 def test_embeddings_follow_the_interface(tracked):

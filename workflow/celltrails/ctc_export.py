@@ -93,9 +93,9 @@ def grow_into_foreground(image: np.ndarray, centres: np.ndarray, radius: np.ndar
     intensity (touching nuclei split at the dark valley between them; a whole shape, not only the
     centre voxel, so a cell with a dark nucleolus at its centre still grows); a voxel it assigns is
     taken when it is still unlabelled and within ``reach`` * radius (xy pixels, z scaled) of its
-    cell's centre. Labels must be unique in the frame. Memory: about 28 bytes per frame voxel
-    (scikit-image's watershed works on float64 copies; measured with tracemalloc on a 32x256x256
-    frame), on top of the foreground's 5.
+    cell's centre. Labels must be unique in the frame. Memory: about 29 bytes per voxel of a 3D
+    frame, 56 of a 2D one (scikit-image's watershed works on float64 copies; tracemalloc, nuclei
+    24 px apart), on top of the foreground's 5; :mod:`celltrails.memory` sizes the job from it.
     """
     if foreground.mask.shape != image.shape:
         raise ValueError(f"foreground shape {foreground.mask.shape} differs from the frame's {image.shape}")

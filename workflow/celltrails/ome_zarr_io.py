@@ -9,7 +9,6 @@ size as a scale transformation, channel names) is written with ome-zarr-py so th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +141,3 @@ def open_image(path: str | Path) -> tuple[zarr.Array, ImageMeta]:
     meta = read_image_meta(path)
     group = zarr.open_group(str(path), mode="r")
     return group["0"], meta
-
-
-def frame_bytes(meta: ImageMeta) -> int:
-    """Bytes of one frame (all channels), for memory planning."""
-    return math.prod(meta.shape[1:]) * meta.dtype.itemsize

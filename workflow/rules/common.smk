@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 
 from celltrails.datasets import load_datasets
 from celltrails.errors import InputError
+from celltrails.memory import detect_memory_mb, lineage_memory_mb
 
 try:
     DATASETS = load_datasets(config["datasets"], base=Path.cwd())
@@ -17,6 +18,13 @@ def scaled(base):
     """A memory (MB) or runtime (min) request that grows with the attempt: a job killed for running
     out of either is retried (`retries:` in profiles/slurm) with twice, then three times as much."""
     return lambda wildcards, attempt: base * attempt
+
+
+def frame_memory(estimate):
+    """The memory request (MB) of a job on one converted dataset whose peak grows with the frame
+    size: ``estimate(image metadata)`` from celltrails.memory, times the attempt as in `scaled`.
+    Such jobs only exist once `convert` (a checkpoint) has written the image."""
+    return lambda wildcards, attempt: estimate(converted_image_meta(wildcards)) * attempt
 
 
 ENV_TORCH = str(REPO / "envs" / "torch.yaml")

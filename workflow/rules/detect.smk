@@ -55,7 +55,7 @@ rule detect_block:
         "benchmarks/detect_block/{dataset}/frames_{start}-{stop}.tsv"
     resources:
         gpu=1,
-        mem_mb=scaled(4000),
+        mem_mb=frame_memory(detect_memory_mb),
         runtime=scaled(120),
     conda:
         ENV_TORCH

@@ -41,7 +41,7 @@ rule lineage:
     benchmark:
         "benchmarks/lineage/{dataset}.tsv"
     resources:
-        mem_mb=scaled(8000),
+        mem_mb=frame_memory(lambda meta: lineage_memory_mb(meta, config["ctc_masks"]["shape"])),
         runtime=scaled(120),
     conda:
         ENV_IMAGING
