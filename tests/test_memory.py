@@ -14,11 +14,14 @@ import torch
 from celltrails.ctc_export import write_ctc
 from celltrails.detector.infer import detect_block
 from celltrails.detector.model import CellDetector, DetectorConfig
+from celltrails.evaluate import evaluate_ctc
 from celltrails.foreground import series_foreground
 from celltrails.memory import (
     DETECT_BYTES_PER_VOXEL,
+    EVALUATE_BYTES_PER_SERIES_VOXEL,
     LINEAGE_BYTES_PER_VOXEL,
     detect_memory_mb,
+    evaluate_memory_mb,
     lineage_memory_mb,
 )
 from celltrails.ome_zarr_io import ImageMeta, create_image_store
@@ -106,6 +109,31 @@ def test_lineage_request_covers_the_mask_export(tmp_path, mask_shape, is_3d):
     assert_covered(prepare, run, SIZES[is_3d], LINEAGE_BYTES_PER_VOXEL[mask_shape, is_3d])
 
 
+@pytest.mark.parametrize("is_3d", [False, True])
+def test_evaluate_request_covers_both_mask_series(tmp_path, is_3d):
+    """traccuracy loads the ground-truth and result masks of the whole series: the request is per
+    voxel of the series (here a result scored against itself, 4 and 12 frames)."""
+    frame = (8, 256, 256) if is_3d else (1, 512, 512)
+
+    def prepare(shape):
+        n_frames = shape[0] // frame[0]
+        folder = tmp_path / f"{n_frames}"
+        tracks = nuclei_store(folder / "image.ome.zarr", frame, n_frames)
+        write_ctc(tracks, folder / "res", shape=frame, n_frames=n_frames, voxel_size=VOXEL)
+        (folder / "gt").mkdir()
+        for mask in (folder / "res").glob("mask*.tif"):
+            (folder / "gt" / mask.name.replace("mask", "man_track")).write_bytes(mask.read_bytes())
+        (folder / "gt" / "man_track.txt").write_bytes((folder / "res" / "res_track.txt").read_bytes())
+        return folder
+
+    def run(folder):
+        assert evaluate_ctc(folder / "gt", folder / "res")["TRA"] == 1.0
+
+    # The series as one tall "frame" of n_frames x frame voxels, so assert_covered counts its voxels.
+    series = [(n * frame[0], *frame[1:]) for n in (4, 12)]
+    assert_covered(prepare, run, series, EVALUATE_BYTES_PER_SERIES_VOXEL)
+
+
 def test_requests_grow_with_the_frame_not_the_series():
     def meta(shape):
         return ImageMeta(shape, np.dtype(np.uint16), VOXEL, 1.0, ("nuclei",))
@@ -116,5 +144,7 @@ def test_requests_grow_with_the_frame_not_the_series():
         assert estimate(large) - estimate(small) == pytest.approx(3 * (estimate(small) - estimate(meta((10, 1, 1, 1, 1)))),
                                                                   abs=2)
     assert lineage_memory_mb(large, "foreground") > 30_000 > lineage_memory_mb(large, "disk")
+    assert evaluate_memory_mb(meta((500, 2, 50, 2048, 2048)), masks=True) > 100 * evaluate_memory_mb(small, masks=False)
+    assert evaluate_memory_mb(meta((500, 2, 50, 2048, 2048)), masks=False) == evaluate_memory_mb(small, masks=False)
     with pytest.raises(ValueError, match="unknown CTC mask shape 'ellipse'"):
         lineage_memory_mb(small, "ellipse")

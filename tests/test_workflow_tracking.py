@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
-from celltrails.memory import detect_memory_mb, lineage_memory_mb
+from celltrails.memory import detect_memory_mb, evaluate_memory_mb, lineage_memory_mb
 from celltrails.ome_zarr_io import read_image_meta
 from conftest import REPO
 from ctc_metrics import validate_sequence
@@ -99,11 +99,11 @@ def test_blocks_are_temporary_and_rerun_has_nothing_to_do(tracked):
     assert "Nothing to be done" in result.stdout
 
 
-def test_frame_sized_jobs_ask_for_the_memory_their_frames_need(tracked):
-    """detect_block and lineage request celltrails.memory's estimate for this image's frames (a
-    dry run prints each job's resources), not a fixed amount."""
+def test_image_sized_jobs_ask_for_the_memory_their_image_needs(tracked):
+    """detect_block, lineage and evaluate_tracking request celltrails.memory's estimate for this
+    image (a dry run prints each job's resources), not a fixed amount."""
     meta = read_image_meta(tracked / "results" / "tiny" / "image.ome.zarr")
-    result = snakemake(tracked, "-n", "--forcerun", "detect_block", "lineage")
+    result = snakemake(tracked, "-n", "--forcerun", "detect_block", "lineage", "evaluate_tracking")
     assert result.returncode == 0, result.stdout[-3000:]
     requested = {}
     for block in result.stdout.split("\nrule ")[1:]:
@@ -112,6 +112,7 @@ def test_frame_sized_jobs_ask_for_the_memory_their_frames_need(tracked):
             requested.setdefault(rule, set()).add(int(found.group(1)))
     assert requested["detect_block"] == {detect_memory_mb(meta)}
     assert requested["lineage"] == {lineage_memory_mb(meta, "foreground")}
+    assert requested["evaluate_tracking"] == {evaluate_memory_mb(meta, masks=True)}  # the generator's CTC masks
 
 
 def test_embeddings_follow_the_interface(tracked):

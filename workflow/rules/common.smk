@@ -4,7 +4,7 @@ from snakemake.exceptions import WorkflowError
 
 from celltrails.datasets import load_datasets
 from celltrails.errors import InputError
-from celltrails.memory import detect_memory_mb, lineage_memory_mb
+from celltrails.memory import detect_memory_mb, evaluate_memory_mb, lineage_memory_mb
 
 try:
     DATASETS = load_datasets(config["datasets"], base=Path.cwd())
@@ -20,11 +20,11 @@ def scaled(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def frame_memory(estimate):
-    """The memory request (MB) of a job on one converted dataset whose peak grows with the frame
-    size: ``estimate(image metadata)`` from celltrails.memory, times the attempt as in `scaled`.
-    Such jobs only exist once `convert` (a checkpoint) has written the image."""
-    return lambda wildcards, attempt: estimate(converted_image_meta(wildcards)) * attempt
+def image_memory(estimate):
+    """The memory request (MB) of a job on one converted dataset whose peak grows with the image:
+    ``estimate(wildcards, image metadata)`` from celltrails.memory, times the attempt as in
+    `scaled`. Such jobs only exist once `convert` (a checkpoint) has written the image."""
+    return lambda wildcards, attempt: estimate(wildcards, converted_image_meta(wildcards)) * attempt
 
 
 ENV_TORCH = str(REPO / "envs" / "torch.yaml")
@@ -138,6 +138,11 @@ def tracking_truth_of(wildcards):
     if tra.is_dir():
         return str(tra)
     return f"results/{dataset.name}/ground_truth.parquet"
+
+
+def truth_has_masks(wildcards):
+    """Whether tracking is scored on CTC masks (the whole series is loaded) rather than points."""
+    return not tracking_truth_of(wildcards).endswith(".parquet")
 
 
 # --- DynaCLR ----------------------------------------------------------------------------------
