@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from celltrails.atomic import atomic_path
+from celltrails.figures import save_png
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from suite.accuracy import TOOLS
@@ -99,7 +100,7 @@ def plot_accuracy_vs_time(results: dict, path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(datasets) + 1), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_scaling(scaling: dict, path: Path) -> None:
@@ -119,13 +120,7 @@ def plot_scaling(scaling: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _accuracy_section(results: dict) -> list[str]:

@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from celltrails.atomic import atomic_path
+from celltrails.figures import save_png
 from celltrails.ome_zarr_io import open_image
 
 MAX_DISPLAY_PX = 512
@@ -203,11 +203,6 @@ def lineage_tree_layout(tracks: pd.DataFrame, root: int) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Shared figure helpers
 # ---------------------------------------------------------------------------------------------
-
-def _save(fig: Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-
 
 def _note(fig: Figure, text: str) -> None:
     ax = fig.add_subplot()
@@ -403,7 +398,7 @@ def plot_track_montage(image_path: str | Path, tracks: pd.DataFrame, path: str |
     fig.suptitle(f"{title or f'{dataset}: tracks on {channel_name} ({kind})'}\n{summary}", fontsize=10)
     if not len(shown):
         _note(fig, "no frames in the image")
-        _save(fig, path)
+        save_png(fig, path, dpi=DPI)
         return fig
 
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -438,7 +433,7 @@ def plot_track_montage(image_path: str | Path, tracks: pd.DataFrame, path: str |
             Line2D([], [], ls="none", marker="*", mfc="white", mec="black", ms=10, label=f"division {when}"),
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=8)
-    _save(fig, path)
+    save_png(fig, path, dpi=DPI)
     return fig
 
 
@@ -494,7 +489,7 @@ def plot_lineage_trees(tracks: pd.DataFrame, path: str | Path, *, n: int = 4, ti
         fig = Figure(figsize=(5.0, 2.5), layout="constrained")
         fig.suptitle(title or "Lineage trees", fontsize=10)
         _note(fig, "no tracks" if len(info) == 0 else "no lineages requested")
-        _save(fig, path)
+        save_png(fig, path, dpi=DPI)
         return fig
     sizes = info.groupby("root")["n_frames"].sum()
     roots = sorted(sizes.index, key=lambda r: (-sizes[r], r))[:n]
@@ -534,5 +529,5 @@ def plot_lineage_trees(tracks: pd.DataFrame, path: str | Path, *, n: int = 4, ti
         Line2D([], [], ls="none", marker="x", color="0.25", ms=6, label="track ends before last frame"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=7.5)
-    _save(fig, path)
+    save_png(fig, path, dpi=DPI)
     return fig

@@ -60,6 +60,7 @@ from sklearn.preprocessing import StandardScaler
 from celltrails.atomic import atomic_path
 from celltrails.dynaclr.quality import feature_columns, feature_matrix
 from celltrails.errors import InputError
+from celltrails.figures import save_png
 from celltrails.serialize import plain_data
 
 log = logging.getLogger(__name__)
@@ -518,12 +519,6 @@ def state_fractions(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
 # Figures
 
 
-def _save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-
-
 def plot_state_fractions(fractions: pd.DataFrame, task: str, path: str | os.PathLike, title: str,
                          time_interval: float | None = None) -> None:
     """Fraction of cells in each predicted state against time, one line per class; written atomically.
@@ -550,7 +545,8 @@ def plot_state_fractions(fractions: pd.DataFrame, task: str, path: str | os.Path
                                    "cells per frame")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def plot_confusion(result: ClassifierResult, path: str | os.PathLike, title: str) -> None:
@@ -575,7 +571,8 @@ def plot_confusion(result: ClassifierResult, path: str | os.PathLike, title: str
     ax.set_title(f"{title}\nmacro F1 {m['macro_f1']:.3f}, AUROC {m['auroc']:.3f}, "
                  f"{m['n_annotated']} cells / {m['n_tracks']} tracks ({m.get('cv', '')})", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of annotated class")
-    _save_figure(fig, path)
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------------

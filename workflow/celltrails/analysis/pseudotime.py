@@ -71,8 +71,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from tslearn.barycenters import dtw_barycenter_averaging
 from tslearn.metrics import dtw_path, dtw_subsequence_path
 
-from celltrails.atomic import atomic_path
 from celltrails.dynaclr.quality import feature_matrix
+from celltrails.figures import save_png
 
 __all__ = [
     "REGION_ALIGNED",
@@ -494,8 +494,7 @@ def plot_pseudotime_components(aligned: pd.DataFrame, path: str | os.PathLike, n
     fig.suptitle(title or f"embedding along pseudo-time ({len(inside)} aligned frames, {n_tracks} tracks)",
                  fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_png(fig, path)
 
 
 def _example_tracks(aligned: pd.DataFrame, n: int, track_column: str) -> list[Hashable]:
@@ -552,5 +551,4 @@ def plot_aligned_examples(aligned: pd.DataFrame, path: str | os.PathLike, n: int
     bottom.set_title("pseudo-time (dot: onset estimate)", fontsize=9)
     fig.suptitle(title or f"aligned examples ({len(tracks)} tracks)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_png(fig, path)

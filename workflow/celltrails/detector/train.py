@@ -65,6 +65,7 @@ from celltrails.detector.sampling import (
     split_frames,
 )
 from celltrails.detector.targets import FramePoints
+from celltrails.figures import save_png
 from celltrails.logs import ProgressLog
 
 LOSS_NAMES = ("center", "foreground", "radius", "division", "embedding")
@@ -422,9 +423,7 @@ def _plot(path: Path, train_curve: list[tuple[int, float]], rows: list[dict]) ->
     ax_loss.legend()
     ax_metric.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig, channel: int = 0,

@@ -39,6 +39,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from celltrails.atomic import atomic_path
+from celltrails.figures import save_png
 from celltrails.serialize import plain_data
 
 _KDE_POINTS = 1000
@@ -207,8 +208,7 @@ def plot_distance_distributions(adjacent: np.ndarray, random: np.ndarray, path: 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path)
 
 
 def embedding_pca(features: np.ndarray, n_components: int = 2, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +277,7 @@ def plot_embedding_pca(coords: np.ndarray, colour_by: dict[str, np.ndarray], pat
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path)
 
 
 def feature_columns(embeddings: pd.DataFrame, prefix: str = "f_") -> list[str]:

@@ -41,6 +41,7 @@ from celltrails.dynaclr.normalization import Normalization
 from celltrails.dynaclr.patches import PatchStore
 from celltrails.dynaclr.sampling import MIN_TRAINING_LINEAGES, Batch, ContrastiveSampler, split_by_lineage
 from celltrails.errors import InputError
+from celltrails.figures import save_png
 from celltrails.logs import ProgressLog
 
 
@@ -366,5 +367,4 @@ def plot_history(table: pd.DataFrame, path: Path) -> None:
     accuracy_axes.set(xlabel="step", ylabel="top-1 retrieval accuracy", ylim=(0, 1.02),
                       title="validation: own positive is nearest")
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
+    save_png(figure, path)
