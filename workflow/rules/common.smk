@@ -20,13 +20,6 @@ def scaled(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def image_memory(estimate):
-    """The memory request (MB) of a job on one converted dataset whose peak grows with the image:
-    ``estimate(wildcards, image metadata)`` from celltrails.memory, times the attempt as in
-    `scaled`. Such jobs only exist once `convert` (a checkpoint) has written the image."""
-    return lambda wildcards, attempt: estimate(wildcards, converted_image_meta(wildcards)) * attempt
-
-
 ENV_TORCH = str(REPO / "envs" / "torch.yaml")
 
 
@@ -143,6 +136,22 @@ def tracking_truth_of(wildcards):
 def truth_has_masks(wildcards):
     """Whether tracking is scored on CTC masks (the whole series is loaded) rather than points."""
     return not tracking_truth_of(wildcards).endswith(".parquet")
+
+
+# --- memory of the jobs that grow with the image --------------------------------------------
+# celltrails.memory's estimates for the converted image, times the attempt as in `scaled`. These
+# jobs only exist once `convert` (a checkpoint) has written the image, so its metadata is there.
+
+def detect_block_memory(wildcards, attempt):
+    return detect_memory_mb(converted_image_meta(wildcards)) * attempt
+
+
+def lineage_memory(wildcards, attempt):
+    return lineage_memory_mb(converted_image_meta(wildcards), config["ctc_masks"]["shape"]) * attempt
+
+
+def evaluate_tracking_memory(wildcards, attempt):
+    return evaluate_memory_mb(converted_image_meta(wildcards), masks=truth_has_masks(wildcards)) * attempt
 
 
 # --- DynaCLR ----------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ rule detect_block:
         "benchmarks/detect_block/{dataset}/frames_{start}-{stop}.tsv"
     resources:
         gpu=1,
-        mem_mb=image_memory(lambda wildcards, meta: detect_memory_mb(meta)),
+        mem_mb=detect_block_memory,
         runtime=scaled(120),
     conda:
         ENV_TORCH

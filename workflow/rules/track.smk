@@ -41,7 +41,7 @@ rule lineage:
     benchmark:
         "benchmarks/lineage/{dataset}.tsv"
     resources:
-        mem_mb=image_memory(lambda wildcards, meta: lineage_memory_mb(meta, config["ctc_masks"]["shape"])),
+        mem_mb=lineage_memory,
         runtime=scaled(120),
     conda:
         ENV_IMAGING
@@ -62,7 +62,7 @@ rule evaluate_tracking:
     benchmark:
         "benchmarks/evaluate_tracking/{dataset}.tsv"
     resources:
-        mem_mb=image_memory(lambda wildcards, meta: evaluate_memory_mb(meta, masks=truth_has_masks(wildcards))),
+        mem_mb=evaluate_tracking_memory,
         runtime=scaled(60),
     conda:
         ENV_IMAGING
