@@ -1,6 +1,7 @@
-"""The memory requests of `detect_block` and `lineage` (celltrails.memory) against what the code
-allocates: tracemalloc's peak (numpy arrays) at two frame sizes. The request must cover it, and
-be less than twice what it needs, so that jobs do not queue for memory they never use."""
+"""The memory requests of `detect_block`, `lineage` and `evaluate_tracking` (celltrails.memory)
+against what the code allocates: tracemalloc's peak (numpy arrays) at two frame sizes (series
+lengths for evaluate). The request must cover it, and be less than twice what it needs, so that
+jobs do not queue for memory they never use."""
 
 from __future__ import annotations
 
