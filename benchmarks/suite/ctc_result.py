@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from celltrails.ctc_export import write_ctc
-from celltrails.foreground import series_foreground
-from celltrails.ome_zarr_io import read_image_meta
+from celltrails.ctc_export import write_ctc_of_image
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -26,10 +24,4 @@ def default_mask_settings() -> dict:
 
 def write_like_celltrails(tracks: pd.DataFrame, image: Path, res: Path) -> None:
     """Write ``tracks`` (celltrails' tracks columns) as a CTC result with celltrails' default masks."""
-    meta = read_image_meta(image)
-    masks = default_mask_settings()
-    foreground = None
-    if masks["shape"] == "foreground" and len(tracks):
-        foreground, _ = series_foreground(image, 0, tracks["radius"].to_numpy(float), masks["smoothing"])
-    write_ctc(tracks, res, shape=meta.shape[2:], n_frames=meta.n_frames, voxel_size=meta.voxel_size,
-              foreground=foreground, reach=masks["reach"])
+    write_ctc_of_image(tracks, res, image, channel=0, **default_mask_settings())

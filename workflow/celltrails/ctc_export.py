@@ -29,7 +29,8 @@ from skimage.segmentation import watershed
 
 from celltrails.atomic import atomic_path
 from celltrails.ctc import write_label_frame, write_track_table
-from celltrails.foreground import Foreground
+from celltrails.foreground import Foreground, series_foreground
+from celltrails.ome_zarr_io import read_image_meta
 
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
 
@@ -181,3 +182,19 @@ def write_ctc(tracks: pd.DataFrame, folder: str | Path, shape: tuple[int, int, i
                 progress()
         write_track_table(table, tmp / "res_track.txt")
     return labels
+
+
+def write_ctc_of_image(tracks: pd.DataFrame, folder: str | Path, image_path: str | Path, *, channel: int = 0,
+                       shape: str = "foreground", reach: float = 1.5, smoothing: float = 0.12,
+                       progress: Callable[[], None] | None = None) -> float | None:
+    """:func:`write_ctc` with the frame geometry of an OME-Zarr image and masks as the config's
+    ``ctc_masks`` ask: ``shape`` 'disk', or 'foreground' (grown into the foreground of
+    ``channel``, :func:`celltrails.foreground.series_foreground`). Returns the smoothing sigma
+    (xy pixels) when the masks were grown, else None."""
+    meta = read_image_meta(image_path)
+    foreground, sigma = None, None
+    if shape == "foreground" and len(tracks):
+        foreground, sigma = series_foreground(image_path, channel, tracks["radius"].to_numpy(float), smoothing)
+    write_ctc(tracks, folder, shape=meta.shape[2:], n_frames=meta.n_frames, voxel_size=meta.voxel_size,
+              foreground=foreground, reach=reach, progress=progress)
+    return sigma

@@ -3,8 +3,7 @@
 
 import pandas as pd
 from celltrails.atomic import atomic_path
-from celltrails.ctc_export import write_ctc
-from celltrails.foreground import series_foreground
+from celltrails.ctc_export import write_ctc_of_image
 from celltrails.lineage import LineageParams, assemble_tracks, write_tracks
 from celltrails.linking import link_params_from_config
 from celltrails.logs import ProgressLog, script_logging
@@ -24,15 +23,11 @@ with script_logging(snakemake.log[0]) as log:
         tracks.sort_values(["track_id", "t"])[["track_id", "t", "z", "y", "x", "parent_track_id"]].to_csv(
             tmp, index=False)
     masks = snakemake.params.masks
-    foreground = None
-    if masks["shape"] == "foreground" and len(tracks):
-        foreground, sigma = series_foreground(snakemake.input.image, snakemake.params.channel,
-                                              tracks["radius"].to_numpy(float), masks["smoothing"])
+    sigma = write_ctc_of_image(tracks, snakemake.output.ctc, snakemake.input.image, channel=snakemake.params.channel,
+                               **masks, progress=ProgressLog(log, meta.n_frames, "CTC mask frames").advance)
+    if sigma is not None:
         log.info("CTC masks: disks grown into the foreground of channel %d (sigma %.2f px, reach %.2f radii)",
                  snakemake.params.channel, sigma, masks["reach"])
-    write_ctc(tracks, snakemake.output.ctc, shape=meta.shape[2:], n_frames=meta.n_frames,
-              voxel_size=meta.voxel_size, foreground=foreground, reach=masks["reach"],
-              progress=ProgressLog(log, meta.n_frames, "CTC mask frames").advance)
     divisions = tracks.drop_duplicates("track_id").parent_track_id.value_counts()
     log.info("%d cells in %d tracks, %d divisions", len(tracks), tracks.track_id.nunique(),
              int((divisions[divisions.index >= 0] >= 2).sum()))
