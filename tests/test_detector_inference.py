@@ -27,10 +27,12 @@ from celltrails.detector.infer import (
     merge_detection_blocks,
     pick_device,
     plan_tiles,
+    require_cells,
     separable_max_filter,
     suppress_close,
     write_detections,
 )
+from celltrails.errors import InputError
 from celltrails.ome_zarr_io import create_image_store
 
 GAIN = 10.0
@@ -280,6 +282,30 @@ def test_write_and_merge_blocks(tmp_path, division_series):
     with pytest.raises(ValueError, match="score"):
         write_detections(merged.drop(columns="score"), tmp_path / "bad.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["block0.parquet", "block3.parquet", "detections.parquet"]
+
+
+def test_frames_of_noise_have_no_cells(tmp_path, caplog, monkeypatch):
+    """Frames 0, 2 and 3 are noise only: the oracle, whose centre map is the smoothed frame
+    normalised to its own range, finds peaks there, but only frame 1's nuclei are reported, and
+    the log names the other frames."""
+    rng = np.random.default_rng(0)
+    frames = [blob_frame((1, 64, 64), centres, rng) for centres in ([], CENTRES_2D, [], [])]
+    path = write_series(tmp_path / "image.ome.zarr", frames)
+    with caplog.at_level(logging.WARNING):
+        found = run(path, Oracle())
+    assert positions(found) == {(1, *c) for c in CENTRES_2D}
+    assert any("3 frame(s) show nothing brighter than their noise" in r.message and r.message.endswith(": 0, 2-3")
+               for r in caplog.records)
+    monkeypatch.setattr("celltrails.detector.infer.MIN_SIGNIFICANCE", -np.inf)  # without the test
+    assert set(run(path, Oracle()).t) == {0, 1, 2, 3}
+
+
+def test_a_series_without_cells_is_an_error_naming_dataset_and_image(division_series):
+    found = run(division_series, Oracle())
+    require_cells(found, "cells", "results/cells/image.ome.zarr", "logs/detect_block/cells/")
+    with pytest.raises(InputError, match=r"dataset 'empty', file 'results/empty/image.ome.zarr': no cell was "
+                                         r"detected in any frame.*nucleus_radius"):
+        require_cells(found.iloc[:0], "empty", "results/empty/image.ome.zarr", "logs/detect_block/empty/")
 
 
 def test_pick_device_falls_back_to_cpu(monkeypatch, caplog):

@@ -43,6 +43,8 @@ from celltrails.detector.scale import (
     to_image,
     working_voxel_size,
 )
+from celltrails.detector.signal import MIN_SIGNIFICANCE, signal_significance
+from celltrails.errors import InputError
 from celltrails.linking import embedding_columns, scaled_positions
 from celltrails.logs import ProgressLog
 from celltrails.ome_zarr_io import open_image
@@ -473,7 +475,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
                 t_start, t_stop - 1, torch_device, len(runner.grid), runner.grid.size, batch_size, threshold,
                 f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
     with torch.inference_mode(), inference_layout(model):
-        tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger)
+        tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger,
+                                nucleus_radius=float(settings.get("working_radius", DEFAULT_WORKING_RADIUS)))
     result = to_image(pd.concat(tables, ignore_index=True), binning).sort_values(SORT_KEYS, ignore_index=True)
     result.attrs["timings"] = runner.timer.seconds
     logger.info("%d detections in frames %d..%d; seconds %s", len(result), t_start, t_stop - 1,
@@ -482,21 +485,42 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
 
 
 def _detect_frames(runner: PairRunner, t_start: int, t_stop: int, n_frames: int, min_distance: float,
-                   voxel_size: Sequence[float], logger: logging.Logger) -> list[pd.DataFrame]:
-    """One table per frame, the daughter map carried from pass to pass."""
+                   voxel_size: Sequence[float], logger: logging.Logger, nucleus_radius: float
+                   ) -> list[pd.DataFrame]:
+    """One table per frame, the daughter map carried from pass to pass. A frame without signal
+    above its noise at the scale of a nucleus (:mod:`celltrails.detector.signal`) has no cells."""
     daughters = np.zeros(runner.grid.shape, dtype=np.float16)
     if t_start > 0:
         runner.run(t_start - 1, t_start, daughters, want_peaks=False, want_daughters=True)
-    tables = []
+    tables, silent = [], []
     progress = ProgressLog(logger, t_stop - t_start, "detection frames")
     trim_heap = HeapTrimmer()
     for t in tqdm(range(t_start, t_stop), desc="detect", unit="frame", disable=None):
         found = runner.run(t, min(t + 1, n_frames - 1), daughters, want_peaks=True, want_daughters=t + 1 < t_stop)
         with runner.timer.phase("peaks"):
-            tables.append(suppress_close(frame_table(t, Peaks.concat(found)), min_distance, voxel_size))
+            table = frame_table(t, Peaks.concat(found))
+            if signal_significance(runner.frames.frames[t], nucleus_radius, voxel_size) < MIN_SIGNIFICANCE:
+                silent.append(t)
+                table = table.iloc[:0]
+            tables.append(suppress_close(table, min_distance, voxel_size))
         progress.advance()
         trim_heap()
+    if silent:
+        logger.warning("%d frame(s) show nothing brighter than their noise at the size of a nucleus "
+                       "(significance < %g), so no cells are reported there: %s", len(silent),
+                       MIN_SIGNIFICANCE, _frame_ranges(silent))
     return tables
+
+
+def _frame_ranges(frames: Sequence[int]) -> str:
+    """'3, 7-9, 12' for [3, 7, 8, 9, 12]."""
+    runs: list[list[int]] = []
+    for t in frames:
+        if runs and t == runs[-1][1] + 1:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def detect_series(image_path: str | Path, model: torch.nn.Module, settings: Mapping[str, Any],
@@ -586,3 +610,15 @@ def merge_detection_blocks(paths: Sequence[str | Path]) -> pd.DataFrame:
     if len(widths) > 1:
         raise ValueError(f"detection blocks have different embedding sizes {sorted(widths)}")
     return pd.concat(blocks, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)
+
+
+def require_cells(detections: pd.DataFrame, dataset: str, image: str | Path, log_folder: str | Path) -> None:
+    """Raise InputError when no cell was detected in any frame: linking, lineages, patches and
+    DynaCLR would otherwise run on nothing and fail later with a message about their own inputs."""
+    if len(detections):
+        return
+    raise InputError(
+        "no cell was detected in any frame. If the image shows only noise, there is nothing to track "
+        f"({log_folder} lists the frames without signal above the noise); if it does show nuclei, check "
+        "the sheet's nucleus_radius (the detector sees nuclei at the size it was trained on) and "
+        "detector.threshold", dataset=dataset, path=image)
