@@ -103,6 +103,24 @@ def test_bad_input_fails_naming_dataset_and_file_and_leaves_no_store(tmp_path):
     assert leftovers == []
 
 
+def test_a_series_of_noise_fails_before_linking_naming_dataset_and_image(tmp_path):
+    """Camera noise only: the detector used to report "cells" in it, which became tracks."""
+    workdir = tmp_path / "noise"
+    (workdir / "raw").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        tifffile.imwrite(workdir / "raw" / f"t{t:03d}.tif", (100 + rng.normal(0, 3, (96, 96))).astype(np.uint16))
+    register(workdir, ["noise\traw\tctc\t\t\t\t\t"])
+    result = snakemake(workdir)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "merge_detections" / "noise.log").read_text()
+    assert "dataset 'noise', file 'results/noise/image.ome.zarr': no cell was detected in any frame" in log
+    block_logs = "".join(p.read_text() for p in (workdir / "logs" / "detect_block" / "noise").glob("*.log"))
+    assert "4 frame(s) show nothing brighter than their noise" in block_logs
+    assert not (workdir / "results" / "noise" / "detections.parquet").exists()
+    assert not (workdir / "results" / "noise" / "tracks.parquet").exists()
+
+
 def test_unknown_config_key_stops_before_any_job(tmp_path):
     register(tmp_path, ["x\traw\tctc\t\t\t\t\t"], config="datasets: datasets.tsv\nconvert:\n  tile_xy: 64\n")
     result = snakemake(tmp_path, "-n")

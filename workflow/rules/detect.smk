@@ -78,6 +78,8 @@ rule merge_detections:
         ),
     params:
         settings=config["detector"],
+        image="results/{dataset}/image.ome.zarr",
+        block_logs="logs/detect_block/{dataset}/",
     log:
         "logs/merge_detections/{dataset}.log",
     benchmark:
