@@ -12,9 +12,9 @@ each frame is therefore tested for signal at the scale of a nucleus:
   brightest nucleus-sized region in units of the noise of such a mean.
 
 Pure noise scores at most ~5 (the largest of many standard normal block means: measured 2.5-3.4 on
-96 x 96 frames, 3.9 on 1024^2, 4.8 on 4096^2), frames with nuclei score far more (Fluo-N2DH-SIM+ 02:
-135-490, Fluo-N2DH-GOWT1 02: 490-660, the synthetic 3D heldout3d: 78-115, all at the detector's
-scale), and a single nucleus of radius 5 only 2 noise sigmas above the background of a 1024^2
+96 x 96 frames, 3.9 on 1024^2, 4.8 on 4096^2), frames with nuclei score far more (lowest frame of
+Fluo-N2DH-SIM+ 02: 77, Fluo-N2DH-GOWT1 02: 478, the synthetic 3D heldout3d: 52, each at the
+detector's scale), and a single nucleus of radius 5 only 2 noise sigmas above the background of a 1024^2
 noise frame scores 9.8. Frames below ``MIN_SIGNIFICANCE`` (7) get no detections.
 
 Written here because the statistic is a few lines of numpy; ``skimage.restoration.estimate_sigma``
