@@ -300,6 +300,22 @@ def test_frames_of_noise_have_no_cells(tmp_path, caplog, monkeypatch):
     assert set(run(path, Oracle()).t) == {0, 1, 2, 3}
 
 
+def test_the_signal_test_uses_the_datasets_nucleus_size(series_2d, monkeypatch):
+    """Blocks of the dataset's nucleus radius at the network's scale (image radius / binning),
+    else of the checkpoint's working radius."""
+    radii = []
+
+    def spy(frame, radius, voxel_size):
+        radii.append(radius)
+        return np.inf
+
+    monkeypatch.setattr("celltrails.detector.infer.signal_significance", spy)
+    run(series_2d, Oracle(), t_stop=1)
+    run(series_2d, Oracle(), t_stop=1, nucleus_radius=2.0)
+    run(series_2d, Oracle(), t_stop=1, nucleus_radius=6.0, binning=2, tile=(1, 32, 32))
+    assert radii == [5.0, 2.0, 3.0]
+
+
 def test_a_series_without_cells_is_an_error_naming_dataset_and_image(division_series):
     found = run(division_series, Oracle())
     require_cells(found, "cells", "results/cells/image.ome.zarr", "logs/detect_block/cells/")

@@ -55,7 +55,24 @@ def test_constant_and_noise_free_frames():
     assert signal_significance(clean, 5.0, (1.0, 1.0, 1.0)) == np.inf
 
 
-def test_block_means_leave_the_ragged_edge_out():
+def test_block_means_tile_from_either_end():
     frame = np.random.default_rng(0).normal(size=(7, 23, 31)).astype(np.float32)
     expected = frame[:6, :20, :30].reshape(3, 2, 4, 5, 6, 5).mean(axis=(1, 3, 5))
     np.testing.assert_allclose(_block_means(frame, (2, 5, 5)), expected, atol=1e-6)
+    expected = frame[1:, 3:, 1:].reshape(3, 2, 4, 5, 6, 5).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(_block_means(frame, (2, 5, 5), from_end=True), expected, atol=1e-6)
+
+
+def test_a_nucleus_in_the_last_slices_of_a_stack_is_seen():
+    """Isotropic 9-slice stack, blocks 5 deep: slices 5-8 are the remainder of blocks tiled from
+    the first slice; a nucleus centred in slice 8 lies in whole blocks tiled from the last one."""
+    frame = add_disk(noisy((9, 128, 128)), (8, 60, 60), 5, 50.0)
+    assert signal_significance(frame, 5.0, (1.0, 1.0, 1.0)) > 4 * MIN_SIGNIFICANCE
+    for seed in range(3):  # noise with deep blocks stays below
+        assert signal_significance(noisy((9, 128, 128), seed=seed), 5.0, (1.0, 1.0, 1.0)) < MIN_SIGNIFICANCE - 1.5
+
+
+def test_uint16_frames_score_as_their_float_copy():
+    frame = add_disk(noisy((1, 256, 256)), (0, 100, 100), 5, 30.0)
+    assert signal_significance(frame.astype(np.uint16), 5.0, (1.0, 1.0, 1.0)) == pytest.approx(
+        signal_significance(np.floor(frame).astype(np.float32), 5.0, (1.0, 1.0, 1.0)), rel=1e-6)

@@ -435,7 +435,7 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
                  tile: Sequence[int] = (64, 256, 256), overlap: Sequence[int] = (8, 32, 32),
                  threshold: float | None = None, min_distance: float = 4.0, device: str = "cpu",
                  batch_size: int = 4, threads: int = 1, precision: str = "auto", binning: int = 1,
-                 logger: logging.Logger | None = None) -> pd.DataFrame:
+                 nucleus_radius: float | None = None, logger: logging.Logger | None = None) -> pd.DataFrame:
     """Detections of frames ``t_start..t_stop-1`` of an OME-Zarr image, sorted by t, z, y, x.
 
     ``settings`` is the checkpoint's metadata: ``normalization`` (its ``low`` and ``high`` go to
@@ -447,6 +447,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     ``binning`` > 1 runs the model on the image binned in y, x by that factor (tiles, overlaps and
     ``min_distance`` are then in binned pixels, the network's scale, see
     :mod:`celltrails.detector.scale`); positions and radii are returned in image pixels either way.
+    ``nucleus_radius`` (image px, the dataset's) sizes the blocks of the test for signal above the
+    noise (:mod:`celltrails.detector.signal`); None takes the checkpoint's ``working_radius``.
 
     Frame t is run as the pair (t, t+1), the last frame of the series as (T-1, T-1).
     division_prob = max(mother ch0 of pass (t, t+1), daughter ch1 of pass (t-1, t)); the ch1 map is
@@ -475,8 +477,10 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
                 t_start, t_stop - 1, torch_device, len(runner.grid), runner.grid.size, batch_size, threshold,
                 f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
     with torch.inference_mode(), inference_layout(model):
+        radius = (nucleus_radius / binning if nucleus_radius is not None
+                  else float(settings.get("working_radius", DEFAULT_WORKING_RADIUS)))
         tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger,
-                                nucleus_radius=float(settings.get("working_radius", DEFAULT_WORKING_RADIUS)))
+                                nucleus_radius=radius)
     result = to_image(pd.concat(tables, ignore_index=True), binning).sort_values(SORT_KEYS, ignore_index=True)
     result.attrs["timings"] = runner.timer.seconds
     logger.info("%d detections in frames %d..%d; seconds %s", len(result), t_start, t_stop - 1,
@@ -488,7 +492,8 @@ def _detect_frames(runner: PairRunner, t_start: int, t_stop: int, n_frames: int,
                    voxel_size: Sequence[float], logger: logging.Logger, nucleus_radius: float
                    ) -> list[pd.DataFrame]:
     """One table per frame, the daughter map carried from pass to pass. A frame without signal
-    above its noise at the scale of a nucleus (:mod:`celltrails.detector.signal`) has no cells."""
+    above its noise at the scale of a nucleus (``nucleus_radius``, xy pixels of the frame the
+    network sees; :mod:`celltrails.detector.signal`) has no cells."""
     daughters = np.zeros(runner.grid.shape, dtype=np.float16)
     if t_start > 0:
         runner.run(t_start - 1, t_start, daughters, want_peaks=False, want_daughters=True)
@@ -561,7 +566,8 @@ def detect_with_checkpoint(image_path: str | Path, checkpoint: str | Path, t_sta
 
     model, settings = load_checkpoint(checkpoint, device=device)
     binning = inference_binning(settings, nucleus_radius)
-    return detect_block(image_path, model, settings, t_start, t_stop, device=device, binning=binning, **options)
+    return detect_block(image_path, model, settings, t_start, t_stop, device=device, binning=binning,
+                        nucleus_radius=nucleus_radius, **options)
 
 
 def pick_device(requested_gpus: int, logger: logging.Logger | None = None) -> str:
