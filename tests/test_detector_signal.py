@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from celltrails.detector.signal import MIN_SIGNIFICANCE, _block_means, noise_sigma, signal_significance
@@ -76,3 +78,13 @@ def test_uint16_frames_score_as_their_float_copy():
     frame = add_disk(noisy((1, 256, 256)), (0, 100, 100), 5, 30.0)
     assert signal_significance(frame.astype(np.uint16), 5.0, (1.0, 1.0, 1.0)) == pytest.approx(
         signal_significance(np.floor(frame).astype(np.float32), 5.0, (1.0, 1.0, 1.0)), rel=1e-6)
+
+
+def test_the_test_makes_no_copy_of_the_frame():
+    """It runs on every frame inside detection, whose memory request is 16 bytes per voxel."""
+    frame = noisy((40, 512, 512))
+    tracemalloc.start()
+    signal_significance(frame, 5.0, (2.0, 0.5, 0.5))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * frame.size  # one float32 copy would be 4 bytes per voxel
