@@ -24,6 +24,7 @@ from celltrails.detector.infer import (
     detect_series,
     detect_with_checkpoint,
     find_peaks,
+    frame_ranges,
     merge_detection_blocks,
     pick_device,
     plan_tiles,
@@ -296,6 +297,13 @@ def test_frames_of_noise_have_no_cells(tmp_path, caplog, monkeypatch):
     assert positions(found) == {(1, *c) for c in CENTRES_2D}
     assert any("3 frame(s) show nothing brighter than their noise" in r.message and r.message.endswith(": 0, 2-3")
                for r in caplog.records)
+    assert found.attrs["frames_without_signal"] == [0, 2, 3]
+    # Blocks keep their frames without signal through their files to the merged table.
+    for first, stop in ((2, 4), (0, 2)):
+        write_detections(run(path, Oracle(), t_start=first, t_stop=stop), tmp_path / f"block{first}.parquet")
+    merged = merge_detection_blocks([tmp_path / "block2.parquet", tmp_path / "block0.parquet"])
+    assert merged.attrs["frames_without_signal"] == [0, 2, 3]
+    assert frame_ranges(merged.attrs["frames_without_signal"]) == "0, 2-3" and frame_ranges([]) == ""
     monkeypatch.setattr("celltrails.detector.infer.MIN_SIGNIFICANCE", -np.inf)  # without the test
     assert set(run(path, Oracle()).t) == {0, 1, 2, 3}
 

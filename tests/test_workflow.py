@@ -68,6 +68,7 @@ def test_results_land_where_the_interface_says(finished_run):
         results = workdir / "results" / name
         threshold = json.loads((results / "metrics" / "detection_threshold.json").read_text())
         assert threshold["source"] in ("calibrated", "valley") and threshold["threshold"] <= threshold["calibrated"]
+        assert threshold["frames_without_signal"] == ""     # every frame shows its nuclei
         assert (pd.read_parquet(results / "detections.parquet")["score"] > threshold["threshold"]).all()
         assert (results / "qc" / "detection_threshold.png").stat().st_size > 5_000
 

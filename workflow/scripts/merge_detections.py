@@ -3,7 +3,7 @@ series' centre threshold (rule `merge_detections`)."""
 # ruff: noqa: F821  (Snakemake injects the `snakemake` object into scripts)
 
 from celltrails.detector.checkpoint import load_checkpoint
-from celltrails.detector.infer import merge_detection_blocks, require_cells, write_detections
+from celltrails.detector.infer import frame_ranges, merge_detection_blocks, require_cells, write_detections
 from celltrails.detector.threshold import apply_threshold
 from celltrails.figures import threshold_histogram
 from celltrails.logs import script_logging
@@ -21,6 +21,8 @@ with script_logging(snakemake.log[0]) as log:
              "none" if choice["valley"] is None else f"{choice['valley']:.3f}", len(detections), len(merged))
     require_cells(detections, snakemake.wildcards.dataset, snakemake.params.image, snakemake.params.block_logs)
     write_detections(detections, snakemake.output.detections)
-    write_metrics({"dataset": snakemake.wildcards.dataset, **choice}, snakemake.output.threshold)
+    write_metrics({"dataset": snakemake.wildcards.dataset, **choice,
+                   "frames_without_signal": frame_ranges(merged.attrs["frames_without_signal"])},
+                  snakemake.output.threshold)
     threshold_histogram(merged["score"].to_numpy(), choice, snakemake.output.histogram,
                         f"{snakemake.wildcards.dataset}: {len(detections)} of {len(merged)} peaks kept")

@@ -455,7 +455,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     carried from pass to pass in one frame-sized float16 buffer, and a block starting at
     ``t_start > 0`` runs the extra pass (t_start-1, t_start) to fill it. Memory: two normalised
     frames, that buffer, one batch of tiles and the detections. The seconds spent reading, in the
-    model and finding peaks are in ``result.attrs["timings"]``.
+    model and finding peaks are in ``result.attrs["timings"]``, the frames without signal above the
+    noise in ``result.attrs["frames_without_signal"]`` (both kept by :func:`write_detections`).
     """
     logger = logger or log
     array, meta = open_image(image_path)
@@ -479,10 +480,11 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     with torch.inference_mode(), inference_layout(model):
         radius = (nucleus_radius / binning if nucleus_radius is not None
                   else float(settings.get("working_radius", DEFAULT_WORKING_RADIUS)))
-        tables = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size, logger,
-                                nucleus_radius=radius)
+        tables, silent = _detect_frames(runner, t_start, t_stop, meta.n_frames, min_distance, voxel_size,
+                                        logger, nucleus_radius=radius)
     result = to_image(pd.concat(tables, ignore_index=True), binning).sort_values(SORT_KEYS, ignore_index=True)
     result.attrs["timings"] = runner.timer.seconds
+    result.attrs["frames_without_signal"] = silent
     logger.info("%d detections in frames %d..%d; seconds %s", len(result), t_start, t_stop - 1,
                 {k: round(v, 2) for k, v in runner.timer.seconds.items()})
     return result
@@ -490,10 +492,10 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
 
 def _detect_frames(runner: PairRunner, t_start: int, t_stop: int, n_frames: int, min_distance: float,
                    voxel_size: Sequence[float], logger: logging.Logger, nucleus_radius: float
-                   ) -> list[pd.DataFrame]:
-    """One table per frame, the daughter map carried from pass to pass. A frame without signal
-    above its noise at the scale of a nucleus (``nucleus_radius``, xy pixels of the frame the
-    network sees; :mod:`celltrails.detector.signal`) has no cells."""
+                   ) -> tuple[list[pd.DataFrame], list[int]]:
+    """One table per frame, the daughter map carried from pass to pass, and the frames without
+    signal above their noise at the scale of a nucleus (``nucleus_radius``, xy pixels of the frame
+    the network sees; :mod:`celltrails.detector.signal`), which have no cells."""
     daughters = np.zeros(runner.grid.shape, dtype=np.float16)
     if t_start > 0:
         runner.run(t_start - 1, t_start, daughters, want_peaks=False, want_daughters=True)
@@ -513,11 +515,11 @@ def _detect_frames(runner: PairRunner, t_start: int, t_stop: int, n_frames: int,
     if silent:
         logger.warning("%d frame(s) show nothing brighter than their noise at the size of a nucleus "
                        "(significance < %g), so no cells are reported there: %s", len(silent),
-                       MIN_SIGNIFICANCE, _frame_ranges(silent))
-    return tables
+                       MIN_SIGNIFICANCE, frame_ranges(silent))
+    return tables, silent
 
 
-def _frame_ranges(frames: Sequence[int]) -> str:
+def frame_ranges(frames: Sequence[int]) -> str:
     """'3, 7-9, 12' for [3, 7, 8, 9, 12]."""
     runs: list[list[int]] = []
     for t in frames:
@@ -542,6 +544,7 @@ def detect_series(image_path: str | Path, model: torch.nn.Module, settings: Mapp
               for first in range(t_start, t_stop, step)]
     result = pd.concat(blocks, ignore_index=True)
     result.attrs["timings"] = {k: sum(b.attrs["timings"][k] for b in blocks) for k in PHASES}
+    result.attrs["frames_without_signal"] = [t for b in blocks for t in b.attrs["frames_without_signal"]]
     return result
 
 
@@ -600,7 +603,8 @@ def write_detections(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def merge_detection_blocks(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Concatenate per-block detection files into one table sorted by t, z, y, x.
+    """Concatenate per-block detection files into one table sorted by t, z, y, x, with the blocks'
+    frames without signal in ``attrs["frames_without_signal"]``.
 
     A frame found in two blocks is an error (overlapping block ranges would duplicate cells).
     """
@@ -615,7 +619,10 @@ def merge_detection_blocks(paths: Sequence[str | Path]) -> pd.DataFrame:
     widths = {len(embedding_columns(b)) for b in blocks if len(b)}
     if len(widths) > 1:
         raise ValueError(f"detection blocks have different embedding sizes {sorted(widths)}")
-    return pd.concat(blocks, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)
+    merged = pd.concat(blocks, ignore_index=True).sort_values(SORT_KEYS, ignore_index=True)
+    merged.attrs = {"frames_without_signal": sorted(int(t) for b in blocks
+                                                    for t in b.attrs.get("frames_without_signal", []))}
+    return merged
 
 
 def require_cells(detections: pd.DataFrame, dataset: str, image: str | Path, log_folder: str | Path) -> None:
