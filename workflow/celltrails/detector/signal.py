@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from celltrails.detector.normalize import MAX_SAMPLES
+from celltrails.detector.normalize import MAX_SAMPLES, sample_strides
 
 MIN_SIGNIFICANCE = 7.0
 _MAD_TO_SIGMA = 1.0 / (0.6745 * np.sqrt(2.0))  # MAD of a difference of two N(0, s) -> s
@@ -40,17 +40,13 @@ _MAD_TO_SIGMA = 1.0 / (0.6745 * np.sqrt(2.0))  # MAD of a difference of two N(0,
 def noise_sigma(frame: np.ndarray, max_samples: int = MAX_SAMPLES) -> float:
     """Standard deviation of pixel noise in a (z, y, x) frame, from x-neighbour differences.
 
-    Rows (y, and z in a stack) are strided so that at most about ``max_samples`` differences are
-    used.
+    Rows (y, and z in a stack) are strided as the normalisation's sample is
+    (:func:`celltrails.detector.normalize.sample_strides`), so that at most about ``max_samples``
+    differences are used.
     """
     z, y, x = frame.shape
-    per_row = max(x - 1, 1)
-    if z > 1:
-        stride = max(1, int(np.ceil(np.sqrt(z * y * per_row / max_samples))))
-        rows = frame[::stride, ::stride]
-    else:
-        rows = frame[:, :: max(1, int(np.ceil(y * per_row / max_samples)))]
-    differences = np.diff(np.asarray(rows, dtype=np.float32), axis=-1).ravel()
+    stride_z, stride_y = sample_strides((z, y), max(1, max_samples // max(x - 1, 1)))
+    differences = np.diff(np.asarray(frame[::stride_z, ::stride_y], dtype=np.float32), axis=-1).ravel()
     if differences.size == 0:
         return 0.0
     return float(np.median(np.abs(differences - np.median(differences)))) * _MAD_TO_SIGMA
