@@ -21,7 +21,7 @@ from celltrails.detector.losses import (
 from celltrails.detector.model import DetectorConfig
 from celltrails.detector.sampling import Augmentation, CropSampler, Source, TrainingDataset, collate
 from celltrails.detector.targets import FramePoints, division_flags, embedding_relations, render_pass_targets
-from celltrails.detector.train import evaluate_frames, train_detector
+from celltrails.detector.train import ema_decay, evaluate_frames, train_detector
 from celltrails.ome_zarr_io import create_image_store
 from celltrails.synthetic import generate_series, load_params
 
@@ -296,3 +296,45 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     assert load_checkpoint(checkpoint)[1]["threshold"] == 0.5
     assert calibrate_checkpoint(checkpoint, *dataset[:2]) == calibration
     assert load_checkpoint(checkpoint)[1]["threshold"] == calibration["threshold"]
+
+
+def test_ema_decay_spans_the_asked_fraction_of_the_steps():
+    assert ema_decay(2000, 0.25) == pytest.approx(0.998)
+    assert ema_decay(200, 0.25) == pytest.approx(0.98)
+    assert ema_decay(2000, 0.0) == 0.0 and ema_decay(1, 0.25) == 0.0
+    assert ema_decay(3, 0.25) == 0.0  # a window under one step: the raw weights
+
+
+def test_the_saved_detector_is_the_average_of_the_weights(tmp_path):
+    """The weights' moving average does not change the training path (same seed, same raw
+    weights), only what is validated and saved: with it the checkpoint differs from the last raw
+    weights, and its parameters lie between those of the path (each within the range it took)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "n_frames": 4}))
+    generate_series(load_params(recipe), tmp_path / "tiny")
+    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
+    config = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+
+    def train(window: float, steps: int, name: str) -> dict:
+        out = tmp_path / f"{name}.pt"
+        train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=1, steps=steps,
+                       steps_per_epoch=steps, lr=3e-3, seed=3, threads=1, val_fraction=0.0, select="last",
+                       ema_window=window, progress=False)
+        model, meta = load_checkpoint(out)
+        return {"weights": {k: v.clone() for k, v in model.state_dict().items()}, "meta": meta}
+
+    path = [train(0.0, k, f"raw{k}")["weights"] for k in (6, 12)]
+    again = train(0.0, 12, "raw12again")["weights"]
+    assert all(torch.equal(again[k], path[1][k]) for k in again)  # a seeded run repeats exactly
+    averaged = train(1.0, 12, "ema12")
+    assert averaged["meta"]["training"]["ema_decay"] == pytest.approx(1 - 1 / 12)
+    weights = averaged["weights"]
+    moved = [k for k in weights if weights[k].is_floating_point() and not torch.equal(path[0][k], path[1][k])]
+    assert moved and all(not torch.equal(weights[k], path[1][k]) for k in moved)
+    # Each averaged parameter lies within the range its raw value spanned over the run.
+    first = train(0.0, 1, "raw1")["weights"]
+    for k in moved:
+        low = torch.minimum(torch.minimum(first[k], path[0][k]), path[1][k])
+        high = torch.maximum(torch.maximum(first[k], path[0][k]), path[1][k])
+        inside = ((weights[k] >= low - 1e-3) & (weights[k] <= high + 1e-3)).float().mean()
+        assert inside > 0.8, k

@@ -37,5 +37,6 @@ with script_logging(snakemake.log[0]) as log:
         val_fraction=training["validation_fraction"],
         working_radius=training["working_radius"],
         division_bias=training["division_bias"],
+        ema_window=training["ema_window"],
         logger=log,
     )
