@@ -1,0 +1,125 @@
+"""How much a trained detector's accuracy depends on the training seed.
+
+Not a test. The comparison suite (``run_suite.py``) trains each CTC detector once, with the
+workflow's default seed; a single training run is one draw. This benchmark repeats the suite's
+"celltrails trained on 01, evaluated on 02" run for several values of the workflow's ``seed``
+(everything else as in the suite: the same dataset sheet, the ``detector.training`` block of
+``config/training/detector_simplus.yaml`` / ``detector_gowt1.yaml``) and reports each run and the
+spread: TRA, DET, LNK and division F1 of the workflow's ``metrics/tracking.json``, detection F1
+of ``metrics/detection.json``, the centre threshold used, and the training time.
+
+Run from the repository root: ``python benchmarks/bench_training_seeds.py [--seeds 42,1,2]
+[--series sim,gowt1] [--label NAME]``; about 4-5 min per run on 2 CPU cores. Needs
+``../shared/data/ctc`` (read in place, never copied). Writes ``benchmarks/results/training_seeds.json``
+(``runs[label]``); work folders go to ``benchmarks/work/seeds`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_store import store_run
+from suite import celltrails_runner
+from suite.datasets import accuracy_benchmarks
+from suite.environment import describe
+from suite.measure import REPO
+
+RESULTS = REPO / "benchmarks" / "results" / "training_seeds.json"
+TRACKING_KEYS = ("TRA", "DET", "LNK", "division_f1")
+
+
+def run_one(benchmark, seed: int, work: Path) -> dict:
+    """Train on the benchmark's 01 with ``seed``, track its 02, and read the metrics."""
+    evaluate, train = benchmark.evaluate, benchmark.train
+    workdir = work / f"{train.name}-seed{seed}"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    celltrails_runner.prepare(workdir, [evaluate], train, benchmark.training_settings())
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["seed"] = seed
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    targets = [*celltrails_runner.tracking_targets(evaluate.name),
+               f"results/{evaluate.name}/metrics/detection.json"]
+    stage = celltrails_runner.snakemake(workdir, targets, workdir / "snakemake.log")
+    metrics_dir = workdir / "results" / evaluate.name / "metrics"
+    if not (metrics_dir / "tracking.json").is_file():
+        return {"seed": seed, "error": f"the workflow failed; see {workdir / 'snakemake.log'}"}
+    tracking = json.loads((metrics_dir / "tracking.json").read_text())
+    detection = json.loads((metrics_dir / "detection.json").read_text())
+    threshold = json.loads((metrics_dir / "detection_threshold.json").read_text())
+    training = celltrails_runner.training_stage(workdir, train)
+    return {"seed": seed, **{key: tracking.get(key) for key in TRACKING_KEYS},
+            "detection_f1": detection["f1"], "detection_precision": detection["precision"],
+            "detection_recall": detection["recall"], "threshold": threshold["threshold"],
+            "threshold_source": threshold["source"], "training_s": training.seconds if training else None,
+            "wall_s": stage.seconds}
+
+
+def spread(runs: list[dict]) -> dict:
+    """Mean, standard deviation, min and max of each figure over the runs that finished."""
+    out = {}
+    for key in (*TRACKING_KEYS, "detection_f1"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "min": min(values), "max": max(values), "n": len(values)}
+    return out
+
+
+def table(title: str, runs: list[dict], summary: dict) -> str:
+    """A plain-text table of one series' runs and their spread."""
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [title, "seed  TRA    DET    LNK    divF1  detF1  threshold"]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"{r['seed']:<5} {r['error']}")
+            continue
+        lines.append(f"{r['seed']:<5} " + "  ".join(cell(r[k]) for k in (*TRACKING_KEYS, "detection_f1"))
+                     + f"  {r['threshold']:.2f} ({r['threshold_source']})")
+    for stat in ("mean", "sd"):
+        lines.append(f"{stat:<5} " + "  ".join(cell(summary.get(k, {}).get(stat))
+                                               for k in (*TRACKING_KEYS, "detection_f1")))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="42,1,2", type=lambda text: [int(s) for s in text.split(",")])
+    parser.add_argument("--series", default="sim,gowt1", type=lambda text: text.split(","),
+                        help="which CTC pairs: sim (Fluo-N2DH-SIM+), gowt1 (Fluo-N2DH-GOWT1)")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "seeds")
+    parser.add_argument("--label", default="default", help="the key of this run in the results file")
+    args = parser.parse_args()
+    benchmarks, skipped = accuracy_benchmarks(args.work, quick=False)
+    chosen = [b for b in benchmarks if b.train is not None and b.train.name.removesuffix("01") in args.series]
+    if not chosen:
+        sys.exit("no CTC series to train on: " + ("; ".join(skipped) or f"none of {args.series} is known"))
+    result = {"environment": describe(REPO / "benchmarks" / "work" / "venv-ultrack" / "bin" / "python"), "seeds": args.seeds, "series": {}}
+    for benchmark in chosen:
+        runs = []
+        for seed in args.seeds:
+            print(f"{benchmark.train.title} -> {benchmark.evaluate.title}, seed {seed} ...", flush=True)
+            runs.append(run_one(benchmark, seed, args.work))
+        summary = spread(runs)
+        result["series"][benchmark.evaluate.name] = {"trained_on": benchmark.train.title,
+                                                     "evaluated_on": benchmark.evaluate.title,
+                                                     "training": benchmark.training_settings(),
+                                                     "runs": runs, "spread": summary}
+        print(table(f"{benchmark.train.title} -> {benchmark.evaluate.title}", runs, summary), flush=True)
+    labels = store_run(RESULTS, args.label, result)
+    print(f"wrote {RESULTS} (runs: {', '.join(labels)})")
+
+
+if __name__ == "__main__":
+    main()
