@@ -9,7 +9,9 @@ spread: TRA, DET, LNK and division F1 of the workflow's ``metrics/tracking.json`
 of ``metrics/detection.json``, the centre threshold used, and the training time.
 
 Run from the repository root: ``python benchmarks/bench_training_seeds.py [--seeds 42,1,2]
-[--series sim,gowt1] [--label NAME]``; about 4-5 min per run on 2 CPU cores. Needs
+[--series sim,gowt1] [--set KEY=VALUE ...] [--label NAME]``; ``--set`` changes a key of the
+recipes' ``detector.training`` block (``--set ema_window=0 --label raw``: the weights themselves
+instead of their moving average); about 4-5 min per run on 2 CPU cores. Needs
 ``../shared/data/ctc`` (read in place, never copied). Writes ``benchmarks/results/training_seeds.json``
 (``runs[label]``); work folders go to ``benchmarks/work/seeds`` (git-ignored).
 """
@@ -36,14 +38,15 @@ RESULTS = REPO / "benchmarks" / "results" / "training_seeds.json"
 TRACKING_KEYS = ("TRA", "DET", "LNK", "division_f1")
 
 
-def run_one(benchmark, seed: int, work: Path) -> dict:
-    """Train on the benchmark's 01 with ``seed``, track its 02, and read the metrics."""
+def run_one(benchmark, seed: int, work: Path, changes: dict) -> dict:
+    """Train on the benchmark's 01 with ``seed`` (and ``changes`` to its training settings), track
+    its 02, and read the metrics."""
     evaluate, train = benchmark.evaluate, benchmark.train
     workdir = work / f"{train.name}-seed{seed}"
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    celltrails_runner.prepare(workdir, [evaluate], train, benchmark.training_settings())
+    celltrails_runner.prepare(workdir, [evaluate], train, {**benchmark.training_settings(), **changes})
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["seed"] = seed
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -93,14 +96,24 @@ def table(title: str, runs: list[dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="42,1,2", type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument("--series", default="sim,gowt1", type=lambda text: text.split(","),
                         help="which CTC pairs: sim (Fluo-N2DH-SIM+), gowt1 (Fluo-N2DH-GOWT1)")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "seeds")
+    parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a detector.training setting of the recipes (a YAML value)")
     parser.add_argument("--label", default="default", help="the key of this run in the results file")
     args = parser.parse_args()
+    changes = dict(_setting(text) for text in args.changes)
     benchmarks, skipped = accuracy_benchmarks(args.work, quick=False)
     chosen = [b for b in benchmarks if b.train is not None and b.train.name.removesuffix("01") in args.series]
     if not chosen:
@@ -110,11 +123,11 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             print(f"{benchmark.train.title} -> {benchmark.evaluate.title}, seed {seed} ...", flush=True)
-            runs.append(run_one(benchmark, seed, args.work))
+            runs.append(run_one(benchmark, seed, args.work, changes))
         summary = spread(runs)
         result["series"][benchmark.evaluate.name] = {"trained_on": benchmark.train.title,
                                                      "evaluated_on": benchmark.evaluate.title,
-                                                     "training": benchmark.training_settings(),
+                                                     "training": {**benchmark.training_settings(), **changes},
                                                      "runs": runs, "spread": summary}
         print(table(f"{benchmark.train.title} -> {benchmark.evaluate.title}", runs, summary), flush=True)
     labels = store_run(RESULTS, args.label, result)
