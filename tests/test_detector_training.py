@@ -305,36 +305,53 @@ def test_ema_decay_spans_the_asked_fraction_of_the_steps():
     assert ema_decay(3, 0.25) == 0.0  # a window under one step: the raw weights
 
 
-def test_the_saved_detector_is_the_average_of_the_weights(tmp_path):
-    """The weights' moving average does not change the training path (same seed, same raw
-    weights), only what is validated and saved: with it the checkpoint differs from the last raw
-    weights, and its parameters lie between those of the path (each within the range it took)."""
+def test_the_saved_detector_is_the_average_of_the_weights(tmp_path, monkeypatch):
+    """The checkpoint holds the exponential moving average of the raw weights of every step (with
+    validation: at the best epoch), computed here by hand from the raw weights the training passes
+    to the average; the raw path itself is that of a run without the average."""
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "n_frames": 4}))
     generate_series(load_params(recipe), tmp_path / "tiny")
     dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
     config = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+    raw_path: list[dict] = []
+    update = torch.optim.swa_utils.AveragedModel.update_parameters
 
-    def train(window: float, steps: int, name: str) -> dict:
+    def recording_update(self, model):
+        raw_path.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return update(self, model)
+
+    monkeypatch.setattr(torch.optim.swa_utils.AveragedModel, "update_parameters", recording_update)
+
+    def train(window: float, name: str, **options) -> tuple[dict, dict, dict]:
+        raw_path.clear()
         out = tmp_path / f"{name}.pt"
-        train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=1, steps=steps,
-                       steps_per_epoch=steps, lr=3e-3, seed=3, threads=1, val_fraction=0.0, select="last",
-                       ema_window=window, progress=False)
+        metrics = train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=1, steps=12,
+                                 lr=3e-3, seed=3, threads=1, ema_window=window, progress=False, **options)
         model, meta = load_checkpoint(out)
-        return {"weights": {k: v.clone() for k, v in model.state_dict().items()}, "meta": meta}
+        return model.state_dict(), meta, metrics
 
-    path = [train(0.0, k, f"raw{k}")["weights"] for k in (6, 12)]
-    again = train(0.0, 12, "raw12again")["weights"]
-    assert all(torch.equal(again[k], path[1][k]) for k in again)  # a seeded run repeats exactly
-    averaged = train(1.0, 12, "ema12")
-    assert averaged["meta"]["training"]["ema_decay"] == pytest.approx(1 - 1 / 12)
-    weights = averaged["weights"]
-    moved = [k for k in weights if weights[k].is_floating_point() and not torch.equal(path[0][k], path[1][k])]
-    assert moved and all(not torch.equal(weights[k], path[1][k]) for k in moved)
-    # Each averaged parameter lies within the range its raw value spanned over the run.
-    first = train(0.0, 1, "raw1")["weights"]
-    for k in moved:
-        low = torch.minimum(torch.minimum(first[k], path[0][k]), path[1][k])
-        high = torch.maximum(torch.maximum(first[k], path[0][k]), path[1][k])
-        inside = ((weights[k] >= low - 1e-3) & (weights[k] <= high + 1e-3)).float().mean()
-        assert inside > 0.8, k
+    def average(upto: int, decay: float) -> dict:
+        ema = {k: v.clone() for k, v in raw_path[0].items()}
+        for state in raw_path[1:upto]:
+            ema = {k: decay * value + (1 - decay) * state[k] for k, value in ema.items()}
+        return ema
+
+    raw, _, _ = train(0.0, "raw", steps_per_epoch=12, val_fraction=0.0, select="last")
+    assert raw_path == []  # no average without a window
+    saved, meta, _ = train(0.5, "last", steps_per_epoch=12, val_fraction=0.0, select="last")
+    decay = meta["training"]["ema_decay"]
+    assert decay == pytest.approx(1 - 1 / 6) and len(raw_path) == 12
+    assert all(torch.equal(raw_path[-1][k], raw[k]) for k in raw)  # the average leaves the path alone
+    expected = average(12, decay)
+    moved = [k for k in saved if not torch.equal(raw_path[0][k], raw_path[-1][k])]
+    assert moved and all(not torch.allclose(saved[k], raw[k]) for k in moved)
+    for k in saved:
+        torch.testing.assert_close(saved[k], expected[k], rtol=1e-5, atol=1e-6)
+
+    saved, meta, metrics = train(0.5, "best", steps_per_epoch=4, val_fraction=0.5, val_crops=2, select="best")
+    best = int(metrics["step"])
+    assert metrics["selected"] == "best" and len(raw_path) == 12
+    expected = average(best, meta["training"]["ema_decay"])
+    for k in saved:
+        torch.testing.assert_close(saved[k], expected[k], rtol=1e-5, atol=1e-6)
