@@ -6,14 +6,16 @@ workflow's default seed; a single training run is one draw. This benchmark repea
 (everything else as in the suite: the same dataset sheet, the ``detector.training`` block of
 ``config/training/detector_simplus.yaml`` / ``detector_gowt1.yaml``) and reports each run and the
 spread: TRA, DET, LNK and division F1 of the workflow's ``metrics/tracking.json``, detection F1
-of ``metrics/detection.json``, the centre threshold used, and the training time.
+of ``metrics/detection.json``, the centre threshold used, and the time to train (converting and
+reading the training series included). A run that fails is recorded with its error and the
+others go on; the results file is rewritten after each series.
 
 Run from the repository root: ``python benchmarks/bench_training_seeds.py [--seeds 42,1,2]
 [--series sim,gowt1] [--set KEY=VALUE ...] [--label NAME]``; ``--set`` changes a key of the
 recipes' ``detector.training`` block (``--set ema_window=0 --label raw``: the weights themselves
 instead of their moving average); about 4-5 min per run on 2 CPU cores. Needs
 ``../shared/data/ctc`` (read in place, never copied). Writes ``benchmarks/results/training_seeds.json``
-(``runs[label]``); work folders go to ``benchmarks/work/seeds`` (git-ignored).
+(``runs[label]``); work folders go to ``benchmarks/work/seeds-<label>`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from results_store import store_run
 from suite import celltrails_runner
 from suite.datasets import accuracy_benchmarks
 from suite.environment import describe
-from suite.measure import REPO
+from suite.measure import REPO, StageFailed
 
 RESULTS = REPO / "benchmarks" / "results" / "training_seeds.json"
 TRACKING_KEYS = ("TRA", "DET", "LNK", "division_f1")
@@ -40,22 +42,24 @@ TRACKING_KEYS = ("TRA", "DET", "LNK", "division_f1")
 
 def run_one(benchmark, seed: int, work: Path, changes: dict) -> dict:
     """Train on the benchmark's 01 with ``seed`` (and ``changes`` to its training settings), track
-    its 02, and read the metrics."""
+    its 02, and read the metrics; ``{"seed", "error"}`` when the workflow fails."""
     evaluate, train = benchmark.evaluate, benchmark.train
     workdir = work / f"{train.name}-seed{seed}"
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    celltrails_runner.prepare(workdir, [evaluate], train, {**benchmark.training_settings(), **changes})
+    settings = {**benchmark.training_settings(), **changes}
+    celltrails_runner.prepare(workdir, [evaluate], train, settings)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["seed"] = seed
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     targets = [*celltrails_runner.tracking_targets(evaluate.name),
                f"results/{evaluate.name}/metrics/detection.json"]
-    stage = celltrails_runner.snakemake(workdir, targets, workdir / "snakemake.log")
+    try:
+        stage = celltrails_runner.snakemake(workdir, targets, workdir / "snakemake.log")
+    except (StageFailed, TimeoutError) as error:
+        return {"seed": seed, "error": str(error).splitlines()[0]}
     metrics_dir = workdir / "results" / evaluate.name / "metrics"
-    if not (metrics_dir / "tracking.json").is_file():
-        return {"seed": seed, "error": f"the workflow failed; see {workdir / 'snakemake.log'}"}
     tracking = json.loads((metrics_dir / "tracking.json").read_text())
     detection = json.loads((metrics_dir / "detection.json").read_text())
     threshold = json.loads((metrics_dir / "detection_threshold.json").read_text())
@@ -63,8 +67,8 @@ def run_one(benchmark, seed: int, work: Path, changes: dict) -> dict:
     return {"seed": seed, **{key: tracking.get(key) for key in TRACKING_KEYS},
             "detection_f1": detection["f1"], "detection_precision": detection["precision"],
             "detection_recall": detection["recall"], "threshold": threshold["threshold"],
-            "threshold_source": threshold["source"], "training_s": training.seconds if training else None,
-            "wall_s": stage.seconds}
+            "threshold_source": threshold["source"],
+            "training_s": training.seconds if training else None, "wall_s": stage.seconds}
 
 
 def spread(runs: list[dict]) -> dict:
@@ -73,8 +77,9 @@ def spread(runs: list[dict]) -> dict:
     for key in (*TRACKING_KEYS, "detection_f1"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
-            out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "min": min(values), "max": max(values), "n": len(values)}
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[key] = {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values),
+                        "n": len(values)}
     return out
 
 
@@ -104,33 +109,41 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="42,1,2", type=lambda text: [int(s) for s in text.split(",")])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="42,1,2",
+                        type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument("--series", default="sim,gowt1", type=lambda text: text.split(","),
                         help="which CTC pairs: sim (Fluo-N2DH-SIM+), gowt1 (Fluo-N2DH-GOWT1)")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "seeds")
+    parser.add_argument("--work", type=Path, help="work folder (default benchmarks/work/seeds-<label>)")
     parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
                         help="change a detector.training setting of the recipes (a YAML value)")
     parser.add_argument("--label", default="default", help="the key of this run in the results file")
     args = parser.parse_args()
     changes = dict(_setting(text) for text in args.changes)
-    benchmarks, skipped = accuracy_benchmarks(args.work, quick=False)
-    chosen = [b for b in benchmarks if b.train is not None and b.train.name.removesuffix("01") in args.series]
-    if not chosen:
-        sys.exit("no CTC series to train on: " + ("; ".join(skipped) or f"none of {args.series} is known"))
-    result = {"environment": describe(REPO / "benchmarks" / "work" / "venv-ultrack" / "bin" / "python"), "seeds": args.seeds, "series": {}}
-    for benchmark in chosen:
+    seeds = list(dict.fromkeys(args.seeds))
+    work = args.work or REPO / "benchmarks" / "work" / f"seeds-{args.label}"
+    benchmarks, skipped = accuracy_benchmarks(work, quick=False)
+    trainable = {b.train.name.removesuffix("01"): b for b in benchmarks if b.train is not None}
+    unknown = [name for name in args.series if name not in trainable]
+    if unknown or not trainable:
+        sys.exit("no CTC series to train on: "
+                 + ("; ".join(skipped) or f"unknown {unknown}; known: {sorted(trainable)}"))
+    # describe() also records the suite's peers; ultrack is looked for where the suite keeps it.
+    ultrack_python = REPO / "benchmarks" / "work" / "venv-ultrack" / "bin" / "python"
+    result = {"environment": describe(ultrack_python), "seeds": seeds, "series": {}}
+    for benchmark in (trainable[name] for name in args.series):
         runs = []
-        for seed in args.seeds:
+        for seed in seeds:
             print(f"{benchmark.train.title} -> {benchmark.evaluate.title}, seed {seed} ...", flush=True)
-            runs.append(run_one(benchmark, seed, args.work, changes))
+            runs.append(run_one(benchmark, seed, work, changes))
         summary = spread(runs)
         result["series"][benchmark.evaluate.name] = {"trained_on": benchmark.train.title,
                                                      "evaluated_on": benchmark.evaluate.title,
                                                      "training": {**benchmark.training_settings(), **changes},
                                                      "runs": runs, "spread": summary}
         print(table(f"{benchmark.train.title} -> {benchmark.evaluate.title}", runs, summary), flush=True)
-    labels = store_run(RESULTS, args.label, result)
+        labels = store_run(RESULTS, args.label, result)
     print(f"wrote {RESULTS} (runs: {', '.join(labels)})")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -11,5 +12,7 @@ def store_run(path: Path, label: str, result: dict) -> list[str]:
     stored = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     stored["runs"][label] = result
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stored, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # a killed run leaves the old file whole
+    partial.write_text(json.dumps(stored, indent=2) + "\n")
+    partial.replace(path)
     return sorted(stored["runs"])
