@@ -33,26 +33,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_store import store_run
 from suite import celltrails_runner
 from suite.datasets import accuracy_benchmarks
-from suite.environment import describe
+from suite.environment import DEFAULT_ULTRACK_PYTHON, describe
 from suite.measure import REPO, StageFailed
 
 RESULTS = REPO / "benchmarks" / "results" / "training_seeds.json"
 TRACKING_KEYS = ("TRA", "DET", "LNK", "division_f1")
 
 
-def run_one(benchmark, seed: int, work: Path, changes: dict) -> dict:
-    """Train on the benchmark's 01 with ``seed`` (and ``changes`` to its training settings), track
-    its 02, and read the metrics; ``{"seed", "error"}`` when the workflow fails."""
+def run_one(benchmark, seed: int, work: Path, training: dict) -> dict:
+    """Train on the benchmark's 01 with ``seed`` and the ``training`` settings, track its 02, and
+    read the metrics; ``{"seed", "error"}`` when the workflow fails."""
     evaluate, train = benchmark.evaluate, benchmark.train
     workdir = work / f"{train.name}-seed{seed}"
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    settings = {**benchmark.training_settings(), **changes}
-    celltrails_runner.prepare(workdir, [evaluate], train, settings)
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["seed"] = seed
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    celltrails_runner.prepare(workdir, [evaluate], train, training, seed=seed)
     targets = [*celltrails_runner.tracking_targets(evaluate.name),
                f"results/{evaluate.name}/metrics/detection.json"]
     try:
@@ -129,18 +125,17 @@ def main() -> None:
     if unknown or not trainable:
         sys.exit("no CTC series to train on: "
                  + ("; ".join(skipped) or f"unknown {unknown}; known: {sorted(trainable)}"))
-    # describe() also records the suite's peers; ultrack is looked for where the suite keeps it.
-    ultrack_python = REPO / "benchmarks" / "work" / "venv-ultrack" / "bin" / "python"
-    result = {"environment": describe(ultrack_python), "seeds": seeds, "series": {}}
+    result = {"environment": describe(DEFAULT_ULTRACK_PYTHON), "seeds": seeds, "series": {}}
     for benchmark in (trainable[name] for name in args.series):
+        training = {**benchmark.training_settings(), **changes}
         runs = []
         for seed in seeds:
             print(f"{benchmark.train.title} -> {benchmark.evaluate.title}, seed {seed} ...", flush=True)
-            runs.append(run_one(benchmark, seed, work, changes))
+            runs.append(run_one(benchmark, seed, work, training))
         summary = spread(runs)
         result["series"][benchmark.evaluate.name] = {"trained_on": benchmark.train.title,
                                                      "evaluated_on": benchmark.evaluate.title,
-                                                     "training": {**benchmark.training_settings(), **changes},
+                                                     "training": training,
                                                      "runs": runs, "spread": summary}
         print(table(f"{benchmark.train.title} -> {benchmark.evaluate.title}", runs, summary), flush=True)
         labels = store_run(RESULTS, args.label, result)

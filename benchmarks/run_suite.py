@@ -35,10 +35,9 @@ sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS.parent / "workflow")]
 
 from suite import accuracy, report, scaling, throughput
 from suite.datasets import accuracy_benchmarks
-from suite.environment import describe
+from suite.environment import DEFAULT_ULTRACK_PYTHON, describe
 
 MARKER = ".celltrails-benchmark-work"
-DEFAULT_ULTRACK_PYTHON = BENCHMARKS / "work" / "venv-ultrack" / "bin" / "python"
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,13 @@ STAGE_RULES = {"convert": ("convert",), "detect": ("detect_block", "merge_detect
 
 
 def prepare(workdir: Path, series: list[Series], train_on: Series | None = None,
-            training: dict | None = None) -> None:
+            training: dict | None = None, seed: int | None = None) -> None:
     """Write ``config.yaml`` and ``datasets.tsv`` in ``workdir`` (created if needed); with
-    ``train_on``, the detector is trained on it with the ``training`` settings."""
+    ``train_on``, the detector is trained on it with the ``training`` settings; ``seed`` replaces
+    the workflow's default seed."""
     config: dict = {"datasets": "datasets.tsv"}
+    if seed is not None:
+        config["seed"] = int(seed)
     if train_on is not None:
         config["detector"] = {"train_on": [train_on.name], "model_name": train_on.name, "training": training or {}}
     registered = [train_on, *series] if train_on is not None else series

@@ -57,6 +57,10 @@ def _git() -> dict:
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
+# ultrack lives in a venv of its own inside the git-ignored work folder (benchmarks/README.md).
+DEFAULT_ULTRACK_PYTHON = Path(__file__).resolve().parents[1] / "work" / "venv-ultrack" / "bin" / "python"
+
+
 def ultrack_version(python: Path) -> str | None:
     """ultrack's version in its own interpreter (None when that interpreter is absent)."""
     if not python.is_file():
