@@ -355,3 +355,29 @@ def test_the_saved_detector_is_the_average_of_the_weights(tmp_path, monkeypatch)
     expected = average(best, meta["training"]["ema_decay"])
     for k in saved:
         torch.testing.assert_close(saved[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_seed_and_a_thread_count_repeat_the_weights(tmp_path):
+    """Two trainings with one seed and one CPU thread count give identical weights, and the checkpoint
+    records the thread count (another count sums in another order, so it may not repeat)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "n_frames": 4}))
+    generate_series(load_params(recipe), tmp_path / "tiny")
+    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
+    config = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+
+    def train(name: str, seed: int, threads: int) -> tuple[dict, dict]:
+        out = tmp_path / f"{name}.pt"
+        train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=2, steps=8,
+                       steps_per_epoch=8, lr=3e-3, seed=seed, threads=threads, val_fraction=0.0,
+                       select="last", progress=False)
+        model, meta = load_checkpoint(out)
+        return model.state_dict(), meta["training"]
+
+    first, training = train("first", 3, 1)
+    again, _ = train("again", 3, 1)
+    other, _ = train("other", 4, 1)
+    assert training["seed"] == 3 and training["cpu_threads"] == 1 and training["workers"] == 0
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    assert train("two_threads", 3, 2)[1]["cpu_threads"] == 2

@@ -558,8 +558,9 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
         log_dir.mkdir(parents=True, exist_ok=True)
 
     logger.info("training detector (%d parameters) on %s: %d steps x batch %d of crops %s, %d epochs, "
-                "device %s",
-                count_parameters(model), [s.name for s in sources], steps, batch_size, crop, n_epochs, device)
+                "device %s%s, seed %d",
+                count_parameters(model), [s.name for s in sources], steps, batch_size, crop, n_epochs, device,
+                f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "", seed)
     model.train()
     rows: list[dict] = []
     train_curve: list[tuple[int, float]] = []
@@ -652,6 +653,9 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
         "steps_per_epoch": steps_per_epoch, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "val_fraction": val_fraction, "val_crops": val_crops, "repeat_probability": repeat_probability,
         "cell_bias": cell_bias, "division_bias": division_bias, "ema_window": ema_window, "ema_decay": decay,
+        # CPU weights repeat for a seed only at the same thread count and loader workers: the threads
+        # split each reduction differently, and over the steps rounding differences grow into another model.
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None, "workers": workers,
         "augmentation": dataclasses.asdict(augmentation),
         "loss_weights": dataclasses.asdict(weights), "detection_threshold": detection_threshold,
         "threshold_calibration": calibration,
