@@ -378,6 +378,7 @@ def test_a_seed_and_a_thread_count_repeat_the_weights(tmp_path):
     again, _ = train("again", 3, 1)
     other, _ = train("other", 4, 1)
     assert training["seed"] == 3 and training["cpu_threads"] == 1 and training["workers"] == 0
+    assert training["torch_version"] == torch.__version__ and training["cpu_capability"]
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
     assert train("two_threads", 3, 2)[1]["cpu_threads"] == 2

@@ -653,9 +653,12 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
         "steps_per_epoch": steps_per_epoch, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "val_fraction": val_fraction, "val_crops": val_crops, "repeat_probability": repeat_probability,
         "cell_bias": cell_bias, "division_bias": division_bias, "ema_window": ema_window, "ema_decay": decay,
-        # CPU weights repeat for a seed only at the same thread count and loader workers: the threads
-        # split each reduction differently, and over the steps rounding differences grow into another model.
-        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None, "workers": workers,
+        # CPU weights repeat for a seed only with the same torch, vector instructions, thread count and
+        # loader workers: each changes the order of the sums, and over the steps rounding differences
+        # grow into another model.
+        "torch_version": str(torch.__version__), "workers": workers,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
         "augmentation": dataclasses.asdict(augmentation),
         "loss_weights": dataclasses.asdict(weights), "detection_threshold": detection_threshold,
         "threshold_calibration": calibration,
