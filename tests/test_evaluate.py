@@ -190,6 +190,47 @@ def test_a_nucleus_with_a_dark_centre_still_grows_and_keeps_its_neighbour_out():
     assert not (grown[0][nucleus_a & (np.arange(100) < 44)] == 2).any()
 
 
+def test_a_dim_nucleus_below_otsu_grows_into_its_own_local_foreground(tmp_path):
+    # Two bright nuclei set Otsu's threshold; the dim one (250 on 100) is an elongated 30 x 12 px
+    # ellipse detected with radius 8: its disk covers a fifth of its marker, Otsu alone adds nothing.
+    frame = nuclei_frame((80, 160), [(20.0, 30.0, 12.0, 12.0), (60.0, 30.0, 12.0, 12.0)])
+    dim = ((np.mgrid[:80, :160][0] - 40) / 12.0) ** 2 + ((np.mgrid[:80, :160][1] - 110) / 30.0) ** 2 <= 1
+    frame[0][dim] = 250.0
+    foreground = intensity_foreground(frame, sigma=1.0)
+    assert not foreground.mask[0][dim].any()
+    cells = pd.DataFrame({"track_id": [1, 2, 3], "z": 0.0, "y": [20.0, 60.0, 40.0], "x": [30.0, 30.0, 110.0],
+                          "radius": [12.0, 12.0, 8.0]})
+    labels = {k: k for k in (1, 2, 3)}
+    otsu = render_frame(cells, labels, (1, 80, 160), foreground=foreground, reach=2.0)
+    local = render_frame(cells, labels, (1, 80, 160), foreground=foreground, reach=2.0, local_level=0.2)
+    assert (otsu[0][dim] == 3).mean() < 0.25 and (local[0][dim] == 3).mean() > 0.5
+    for bright in (1, 2):  # a bright nucleus gains at most its blurred rim (level 0.2 sits below Otsu)
+        assert np.all(local[otsu == bright] == bright)
+        assert (local == bright).sum() < 1.15 * (otsu == bright).sum() and not (local[0][dim] == bright).any()
+    yy, xx = np.nonzero(local[0] == 3)
+    assert np.hypot(yy - 40, xx - 110).max() <= 16.0 and (frame[0][yy, xx] == 250).mean() > 0.9  # its rim
+    assert np.array_equal(render_frame(cells, labels, (1, 80, 160), foreground=foreground, reach=2.0,
+                                       local_level=None), otsu)
+    with pytest.raises(ValueError, match="local_level"):
+        render_frame(cells, labels, (1, 80, 160), foreground=foreground, local_level=1.5)
+    # Through the writer, scored as CTC would: the dim cell is missed with Otsu only, found with the level.
+    gt = tmp_path / "GT"
+    gt.mkdir()
+    markers = np.zeros((80, 160), np.uint16)
+    for label, (cy, cx) in enumerate([(20, 30), (60, 30)], start=1):
+        markers[np.hypot(*(np.mgrid[:80, :160] - np.array([cy, cx])[:, None, None])) <= 12] = label
+    markers[dim] = 3
+    for t in range(2):
+        write_label_frame(markers, gt, "man_track", t, 2)
+    write_track_table(pd.DataFrame({"label": [1, 2, 3], "begin": 0, "end": 1, "parent": 0}), gt / "man_track.txt")
+    tracks = pd.concat([cells.assign(t=t, cell_id=np.arange(3) + 3 * t, parent_track_id=-1) for t in range(2)])
+    for level in (None, 0.2):
+        write_ctc(tracks, tmp_path / f"res-{level}", (1, 80, 160), 2, foreground=lambda t: foreground, reach=2.0,
+                  local_level=level)
+    assert evaluate_ctc(gt, tmp_path / "res-None")["fn_nodes"] == 2
+    assert evaluate_ctc(gt, tmp_path / "res-0.2")["TRA"] == 1.0
+
+
 def test_grown_ellipsoids_respect_the_anisotropy():
     # z steps of 3 px: reach 1.5 x radius 6 = 9 px = 3 slices each way, never more.
     frame = np.full((21, 40, 40), 100.0)

@@ -26,8 +26,8 @@ with script_logging(snakemake.log[0]) as log:
     sigma = write_ctc_of_image(tracks, snakemake.output.ctc, snakemake.input.image, channel=snakemake.params.channel,
                                **masks, progress=ProgressLog(log, meta.n_frames, "CTC mask frames").advance)
     if sigma is not None:
-        log.info("CTC masks: disks grown into the foreground of channel %d (sigma %.2f px, reach %.2f radii)",
-                 snakemake.params.channel, sigma, masks["reach"])
+        log.info("CTC masks: disks grown into the foreground of channel %d (sigma %.2f px, reach %.2f radii, "
+                 "local level %s)", snakemake.params.channel, sigma, masks["reach"], masks["local_level"])
     divisions = tracks.drop_duplicates("track_id").parent_track_id.value_counts()
     log.info("%d cells in %d tracks, %d divisions", len(tracks), tracks.track_id.nunique(),
              int((divisions[divisions.index >= 0] >= 2).sum()))
