@@ -14,7 +14,7 @@ from celltrails.ctc import (
     write_label_frame,
     write_track_table,
 )
-from celltrails.ctc_export import render_frame, write_ctc
+from celltrails.ctc_export import add_local_foreground, render_frame, write_ctc
 from celltrails.foreground import intensity_foreground, series_foreground
 from celltrails.ome_zarr_io import create_image_store
 from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges
@@ -229,6 +229,35 @@ def test_a_dim_nucleus_below_otsu_grows_into_its_own_local_foreground(tmp_path):
                   local_level=level)
     assert evaluate_ctc(gt, tmp_path / "res-None")["fn_nodes"] == 2
     assert evaluate_ctc(gt, tmp_path / "res-0.2")["TRA"] == 1.0
+
+
+def test_local_foreground_is_the_level_contour_within_reach_and_ignores_noise():
+    # A dome-shaped dim nucleus (no plateau: the level decides the contour) in 2D and, with z steps of
+    # 3 px, in 3D; a detection in plain noise beside it adds nothing.
+    rng = np.random.default_rng(0)
+    for shape, voxel in (((1, 60, 60), (1.0, 1.0, 1.0)), ((21, 60, 60), (3.0, 1.0, 1.0))):
+        zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+        z0 = shape[0] // 2
+        dome = np.exp(-((3 * (zz - z0)) ** 2 + (yy - 30) ** 2 + (xx - 20) ** 2) / (2 * 6.0 ** 2))
+        frame = 100 + 150 * dome + rng.normal(0, 5, shape)
+        frame[:, 5:15, 45:55] = 2000.0          # a bright nucleus sets Otsu's threshold above the dome
+        foreground = intensity_foreground(frame, sigma=1.0, voxel_size=voxel)
+        cells = np.array([[z0, 30.0, 20.0], [z0, 45.0, 45.0]])  # the dome, and a detection in noise
+        radius = np.array([4.0, 4.0])
+        grown = {level: add_local_foreground(foreground, cells, radius, voxel, 2.0, level).mask & ~foreground.mask
+                 for level in (0.2, 0.6)}
+        smoothed = foreground.smoothed
+        distance = np.sqrt((3 * (zz - z0)) ** 2 + (yy - 30) ** 2 + (xx - 20) ** 2)  # in xy pixels
+        box = smoothed[max(0, z0 - 3):z0 + 4, 22:39, 12:29]  # around the reach, 2 x 4 px (z: 8/3 slices)
+        reach, core = distance <= 8.0, distance <= 2.0
+        cell, background = np.median(smoothed[core]), np.percentile(box, 10)
+        expected = reach & (smoothed > background + 0.2 * (cell - background)) & ~foreground.mask
+        assert np.array_equal(grown[0.2], expected)
+        assert 0 < grown[0.6].sum() < 0.7 * grown[0.2].sum()
+        assert not grown[0.2][:, 40:, 40:].any()  # the detection in noise
+        if shape[0] > 1:
+            z = np.nonzero(grown[0.2])[0]
+            assert z.min() >= z0 - 2 and z.max() <= z0 + 2 and len(np.unique(z)) > 1
 
 
 def test_grown_ellipsoids_respect_the_anisotropy():

@@ -105,7 +105,7 @@ def test_lineage_request_covers_the_mask_export(tmp_path, mask_shape, is_3d):
         if mask_shape == "foreground":
             foreground, _ = series_foreground(store, 0, tracks["radius"].to_numpy(float), 0.12)
         write_ctc(tracks, tmp_path / f"ctc_{store.stem}", shape=shape, n_frames=1, voxel_size=VOXEL,
-                  foreground=foreground)
+                  foreground=foreground, local_level=0.2)  # the default ctc_masks.local_level
 
     assert_covered(prepare, run, SIZES[is_3d], LINEAGE_BYTES_PER_VOXEL[mask_shape, is_3d])
 

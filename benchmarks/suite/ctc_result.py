@@ -17,7 +17,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 
 
 def default_mask_settings() -> dict:
-    """The workflow's default ``ctc_masks`` settings (shape, reach, smoothing)."""
+    """The workflow's default ``ctc_masks`` settings (shape, reach, smoothing, local_level)."""
     properties = yaml.safe_load(SCHEMA.read_text())["properties"]["ctc_masks"]["properties"]
     return {key: spec["default"] for key, spec in properties.items()}
 

@@ -44,6 +44,9 @@ from celltrails.foreground import Foreground, series_foreground
 from celltrails.ome_zarr_io import read_image_meta
 
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
+# A cell adds its local foreground only above this many background noise sigmas of contrast: a
+# detection in plain noise has about 1.3 (the median of noise over its 10th percentile).
+LOCAL_MIN_CONTRAST = 3.0
 
 
 def ctc_labels(tracks: pd.DataFrame) -> dict[int, int]:
@@ -77,6 +80,7 @@ def render_frame(cells: pd.DataFrame, labels: dict[int, int], shape: tuple[int, 
     """uint16 (z, y, x) label image of one frame's cells (columns track_id, z, y, x, radius),
     grown into ``foreground`` up to ``reach`` radii if given (with each cell's local foreground
     added when ``local_level`` is a number, :func:`add_local_foreground`)."""
+    check_local_level(local_level)
     image = np.zeros(shape, dtype=np.uint16)
     best = np.full(shape, np.inf, dtype=np.float32)
     centres = cells[["z", "y", "x"]].to_numpy(float)
@@ -135,15 +139,17 @@ def add_local_foreground(foreground: Foreground, centres: np.ndarray, radius: np
     smoothed intensity exceeds ``background + level * (cell - background)``.
 
     ``cell`` is the median smoothed intensity within half the cell's radius, ``background`` the 10th
-    percentile of the box around its reach; a cell not brighter than that adds nothing. Where cells
+    percentile of the box around its reach. A cell whose contrast is within noise (under
+    ``LOCAL_MIN_CONTRAST`` times the frame's background noise, :func:`background_noise`) adds
+    nothing: a detection in plain background would otherwise take most of its reach. Where cells
     crowd the box its percentile rises, which only makes the added region smaller. No library
     thresholds around given seeds at their own contrast, hence by hand. The new mask costs one byte
     per voxel.
     """
-    if not 0.0 <= level <= 1.0:
-        raise ValueError(f"local_level must be between 0 and 1, not {level}")
+    check_local_level(level)
     mask = foreground.mask.copy()
     smoothed = foreground.smoothed
+    least = LOCAL_MIN_CONTRAST * background_noise(foreground)
     inner = (0.5 / reach) ** 2  # half a radius, in the reach sphere's units
     for centre, r in zip(centres, radius):
         found = _sphere_box(centre, reach * r, voxel_size, mask.shape)
@@ -151,14 +157,29 @@ def add_local_foreground(foreground: Foreground, centres: np.ndarray, radius: np
             continue
         box, dist = found
         values = smoothed[box]
-        dist = np.broadcast_to(dist, values.shape)
         core = values[dist <= inner]
         if core.size == 0:
             continue
         cell, background = float(np.median(core)), float(np.percentile(values, 10))
-        if cell > background:
+        if cell - background > least:
             mask[box] |= (dist <= 1.0) & (values > background + level * (cell - background))
     return Foreground(mask, smoothed)
+
+
+def background_noise(foreground: Foreground, samples: int = 1_000_000) -> float:
+    """Robust standard deviation (1.4826 x MAD) of the smoothed intensity outside the foreground,
+    from at most ``samples`` evenly strided voxels; 0 when the frame has no background."""
+    step = max(1, foreground.mask.size // samples)  # strided first: no frame-sized copy
+    values = foreground.smoothed.reshape(-1)[::step][~foreground.mask.reshape(-1)[::step]]
+    if values.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def check_local_level(level: float | None) -> None:
+    """Raise ValueError unless ``level`` is None or a fraction in (0, 1]."""
+    if level is not None and not 0.0 < level <= 1.0:
+        raise ValueError(f"local_level must be a fraction in (0, 1] or None, not {level}")
 
 
 def _sphere_box(centre: np.ndarray, radius: float, voxel_size: Sequence[float], shape: Sequence[int]
@@ -214,6 +235,7 @@ def write_ctc(tracks: pd.DataFrame, folder: str | Path, shape: tuple[int, int, i
     """
     if len(shape) != 3:
         raise ValueError(f"shape must be (z, y, x), not {shape}")
+    check_local_level(local_level)
     if len(tracks) and (tracks["t"].min() < 0 or tracks["t"].max() >= n_frames):
         raise ValueError(f"track frames {tracks['t'].min()}..{tracks['t'].max()} outside 0..{n_frames - 1}")
     labels = ctc_labels(tracks)
@@ -235,7 +257,7 @@ def write_ctc(tracks: pd.DataFrame, folder: str | Path, shape: tuple[int, int, i
 
 def write_ctc_of_image(tracks: pd.DataFrame, folder: str | Path, image_path: str | Path, *, channel: int = 0,
                        shape: str = "foreground", reach: float = 1.5, smoothing: float = 0.12,
-                       local_level: float | None = 0.2,
+                       local_level: float | None = 0.2,  # the schema's ctc_masks defaults
                        progress: Callable[[], None] | None = None) -> float | None:
     """:func:`write_ctc` with the frame geometry of an OME-Zarr image and masks as the config's
     ``ctc_masks`` ask: ``shape`` 'disk', or 'foreground' (grown into the foreground of
