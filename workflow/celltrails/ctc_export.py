@@ -44,8 +44,8 @@ from celltrails.foreground import Foreground, series_foreground
 from celltrails.ome_zarr_io import read_image_meta
 
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
-# A cell adds its local foreground only above this many background noise sigmas of contrast: a
-# detection in plain noise has about 1.3 (the median of noise over its 10th percentile).
+# A cell adds its local foreground only when its disk's upper quartile stands this many background
+# noise sigmas over its box's 10th percentile: a detection in plain noise has about 1.9 (0.67 + 1.28).
 LOCAL_MIN_CONTRAST = 3.0
 
 
@@ -139,9 +139,10 @@ def add_local_foreground(foreground: Foreground, centres: np.ndarray, radius: np
     smoothed intensity exceeds ``background + level * (cell - background)``.
 
     ``cell`` is the median smoothed intensity within half the cell's radius, ``background`` the 10th
-    percentile of the box around its reach. A cell whose contrast is within noise (under
-    ``LOCAL_MIN_CONTRAST`` times the frame's background noise, :func:`background_noise`) adds
-    nothing: a detection in plain background would otherwise take most of its reach. Where cells
+    percentile of the box around its reach. A cell not brighter than that, or whose disk's upper
+    quartile stands less than ``LOCAL_MIN_CONTRAST`` times the frame's background noise
+    (:func:`background_noise`) above it, adds nothing: a detection in plain background would
+    otherwise take most of its reach. Where cells
     crowd the box its percentile rises, which only makes the added region smaller. No library
     thresholds around given seeds at their own contrast, hence by hand. The new mask costs one byte
     per voxel.
@@ -161,7 +162,10 @@ def add_local_foreground(foreground: Foreground, centres: np.ndarray, radius: np
         if core.size == 0:
             continue
         cell, background = float(np.median(core)), float(np.percentile(values, 10))
-        if cell - background > least:
+        # The guard reads the upper quartile of the whole disk, not the core: a nucleus with a dark
+        # centre has a bright rim (with the core's median, 3 sigmas cost GOWT1 02 TRA 0.953 -> 0.940).
+        upper = float(np.percentile(values[dist <= 4 * inner], 75))
+        if cell > background and upper - background > least:
             mask[box] |= (dist <= 1.0) & (values > background + level * (cell - background))
     return Foreground(mask, smoothed)
 
