@@ -260,6 +260,21 @@ def test_local_foreground_is_the_level_contour_within_reach_and_ignores_noise():
             assert z.min() >= z0 - 2 and z.max() <= z0 + 2 and len(np.unique(z)) > 1
 
 
+def test_a_dim_nucleus_with_a_dark_centre_still_takes_its_local_foreground():
+    # A dim ring (dark out to 2/3 of the radius, 180 on 100 with noise) below a bright nucleus's Otsu threshold: the
+    # noise guard reads the disk's upper quartile, so the ring passes where the core alone would not.
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:60, :100]
+    distance = np.hypot(yy - 30, xx - 30)
+    frame = 100 + 80 * ((distance <= 12) & (distance > 8)) + rng.normal(0, 5, (60, 100))
+    frame[20:40, 70:90] = 2000.0
+    foreground = intensity_foreground(frame[None], sigma=1.0)
+    added = add_local_foreground(foreground, np.array([[0, 30.0, 30.0]]), np.array([12.0]), (1.0, 1.0, 1.0),
+                                 1.5, 0.2).mask[0] & ~foreground.mask[0]
+    ring = (distance <= 12) & (distance > 8)
+    assert added[ring].mean() > 0.8 and not foreground.mask[0][ring].any()
+
+
 def test_grown_ellipsoids_respect_the_anisotropy():
     # z steps of 3 px: reach 1.5 x radius 6 = 9 px = 3 slices each way, never more.
     frame = np.full((21, 40, 40), 100.0)
