@@ -24,7 +24,7 @@ from its own surroundings (:func:`add_local_foreground`). Measured on the tracks
 ``benchmarks/results.md`` (TRA, Otsu only -> level 0.2): GOWT1 02 0.923 -> 0.953 (a large dim nucleus
 the detector splits in two halves for 90 frames: one half now covers it), SIM+ 02 0.943 -> 0.950,
 heldout3d 0.967 -> 0.969, and with the shipped 2D checkpoint (zero-shot, smaller radii) SIM+ 02
-0.739 -> 0.816, GOWT1 02 0.900 -> 0.923. Level 0.5 / 0.3 / 0.1 gave 0.780 / 0.802 / 0.831 on the
+0.739 -> 0.816, GOWT1 02 0.900 -> 0.922. Level 0.5 / 0.3 / 0.1 gave 0.780 / 0.802 / 0.831 on the
 zero-shot SIM+ 02, but 0.1 dropped heldout3d's division F1 from 0.714 to 0.500 (daughters' masks
 merge), so 0.2.
 """
