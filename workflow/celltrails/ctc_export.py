@@ -142,10 +142,9 @@ def add_local_foreground(foreground: Foreground, centres: np.ndarray, radius: np
     percentile of the box around its reach. A cell not brighter than that, or whose disk's upper
     quartile stands less than ``LOCAL_MIN_CONTRAST`` times the frame's background noise
     (:func:`background_noise`) above it, adds nothing: a detection in plain background would
-    otherwise take most of its reach. Where cells
-    crowd the box its percentile rises, which only makes the added region smaller. No library
-    thresholds around given seeds at their own contrast, hence by hand. The new mask costs one byte
-    per voxel.
+    otherwise take most of its reach. Where cells crowd the box its percentile rises, which only
+    makes the added region smaller. No library thresholds around given seeds at their own contrast,
+    hence by hand. The new mask costs one byte per voxel.
     """
     check_local_level(level)
     mask = foreground.mask.copy()
