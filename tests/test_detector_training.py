@@ -256,11 +256,20 @@ TINY_RECIPE = {
 }
 
 
-def test_overfit_tiny_synthetic_series(tmp_path):
+# The smallest detector the training tests below train (a few seconds each on one thread).
+TINY_DETECTOR = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+
+
+def tiny_dataset(tmp_path, **changes) -> tuple:
+    """Generate the tiny synthetic series (TINY_RECIPE with ``changes``): (image, points, name)."""
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, **changes}))
     generate_series(load_params(recipe), tmp_path / "tiny")
-    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
+    return tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny"
+
+
+def test_overfit_tiny_synthetic_series(tmp_path):
+    dataset = tiny_dataset(tmp_path)
     checkpoint = tmp_path / "detector.pt"
     config = DetectorConfig(2, base_channels=8, depth=2, embedding_dim=8)
     metrics = train_detector([dataset], checkpoint, config=config, crop_size=(1, 64, 64), batch_size=2,
@@ -309,11 +318,7 @@ def test_the_saved_detector_is_the_average_of_the_weights(tmp_path, monkeypatch)
     """The checkpoint holds the exponential moving average of the raw weights of every step (with
     validation: at the best epoch), computed here by hand from the raw weights the training passes
     to the average; the raw path itself is that of a run without the average."""
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "n_frames": 4}))
-    generate_series(load_params(recipe), tmp_path / "tiny")
-    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
-    config = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+    dataset = tiny_dataset(tmp_path, n_frames=4)
     raw_path: list[dict] = []
     update = torch.optim.swa_utils.AveragedModel.update_parameters
 
@@ -326,8 +331,9 @@ def test_the_saved_detector_is_the_average_of_the_weights(tmp_path, monkeypatch)
     def train(window: float, name: str, **options) -> tuple[dict, dict, dict]:
         raw_path.clear()
         out = tmp_path / f"{name}.pt"
-        metrics = train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=1, steps=12,
-                                 lr=3e-3, seed=3, threads=1, ema_window=window, progress=False, **options)
+        metrics = train_detector([dataset], out, config=TINY_DETECTOR, crop_size=(1, 32, 32), batch_size=1,
+                                 steps=12, lr=3e-3, seed=3, threads=1, ema_window=window, progress=False,
+                                 **options)
         model, meta = load_checkpoint(out)
         return model.state_dict(), meta, metrics
 
@@ -360,15 +366,11 @@ def test_the_saved_detector_is_the_average_of_the_weights(tmp_path, monkeypatch)
 def test_a_seed_and_a_thread_count_repeat_the_weights(tmp_path):
     """Two trainings with one seed and one CPU thread count give identical weights, and the checkpoint
     records the thread count (another count sums in another order, so it may not repeat)."""
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "n_frames": 4}))
-    generate_series(load_params(recipe), tmp_path / "tiny")
-    dataset = (tmp_path / "tiny" / "image.ome.zarr", tmp_path / "tiny" / "cells.parquet", "tiny")
-    config = DetectorConfig(2, base_channels=4, depth=1, embedding_dim=4)
+    dataset = tiny_dataset(tmp_path, n_frames=4)
 
     def train(name: str, seed: int, threads: int) -> tuple[dict, dict]:
         out = tmp_path / f"{name}.pt"
-        train_detector([dataset], out, config=config, crop_size=(1, 32, 32), batch_size=2, steps=8,
+        train_detector([dataset], out, config=TINY_DETECTOR, crop_size=(1, 32, 32), batch_size=2, steps=8,
                        steps_per_epoch=8, lr=3e-3, seed=seed, threads=threads, val_fraction=0.0,
                        select="last", progress=False)
         model, meta = load_checkpoint(out)

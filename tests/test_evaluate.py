@@ -222,11 +222,13 @@ def test_a_dim_nucleus_below_otsu_grows_into_its_own_local_foreground(tmp_path):
     markers[dim] = 3
     for t in range(2):
         write_label_frame(markers, gt, "man_track", t, 2)
-    write_track_table(pd.DataFrame({"label": [1, 2, 3], "begin": 0, "end": 1, "parent": 0}), gt / "man_track.txt")
-    tracks = pd.concat([cells.assign(t=t, cell_id=np.arange(3) + 3 * t, parent_track_id=-1) for t in range(2)])
+    write_track_table(pd.DataFrame({"label": [1, 2, 3], "begin": 0, "end": 1, "parent": 0}),
+                      gt / "man_track.txt")
+    tracks = pd.concat([cells.assign(t=t, cell_id=np.arange(3) + 3 * t, parent_track_id=-1)
+                        for t in range(2)])
     for level in (None, 0.2):
-        write_ctc(tracks, tmp_path / f"res-{level}", (1, 80, 160), 2, foreground=lambda t: foreground, reach=2.0,
-                  local_level=level)
+        write_ctc(tracks, tmp_path / f"res-{level}", (1, 80, 160), 2, foreground=lambda t: foreground,
+                  reach=2.0, local_level=level)
     assert evaluate_ctc(gt, tmp_path / "res-None")["fn_nodes"] == 2
     assert evaluate_ctc(gt, tmp_path / "res-0.2")["TRA"] == 1.0
 
@@ -244,8 +246,8 @@ def test_local_foreground_is_the_level_contour_within_reach_and_ignores_noise():
         foreground = intensity_foreground(frame, sigma=1.0, voxel_size=voxel)
         cells = np.array([[z0, 30.0, 20.0], [z0, 45.0, 45.0]])  # the dome, and a detection in noise
         radius = np.array([4.0, 4.0])
-        grown = {level: add_local_foreground(foreground, cells, radius, voxel, 2.0, level).mask & ~foreground.mask
-                 for level in (0.2, 0.6)}
+        grown = {level: add_local_foreground(foreground, cells, radius, voxel, 2.0, level).mask
+                 & ~foreground.mask for level in (0.2, 0.6)}
         smoothed = foreground.smoothed
         distance = np.sqrt((3 * (zz - z0)) ** 2 + (yy - 30) ** 2 + (xx - 20) ** 2)  # in xy pixels
         box = smoothed[max(0, z0 - 3):z0 + 4, 22:39, 12:29]  # around the reach, 2 x 4 px (z: 8/3 slices)
@@ -261,8 +263,9 @@ def test_local_foreground_is_the_level_contour_within_reach_and_ignores_noise():
 
 
 def test_a_dim_nucleus_with_a_dark_centre_still_takes_its_local_foreground():
-    # A dim ring (dark out to 2/3 of the radius, 180 on 100 with noise) below a bright nucleus's Otsu threshold: the
-    # noise guard reads the disk's upper quartile, so the ring passes where the core alone would not.
+    # A dim ring (dark out to 2/3 of the radius, 180 on 100 with noise) below a bright nucleus's
+    # Otsu threshold: the noise guard reads the disk's upper quartile, so the ring passes where the
+    # core alone would not.
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:60, :100]
     distance = np.hypot(yy - 30, xx - 30)
