@@ -57,12 +57,33 @@ def test_blocks_and_merge_agree_on_who_thresholds():
     assert block_threshold(None, adaptive=True) == SCORE_FLOOR
     assert block_threshold(None, adaptive=False) is None
     table = pd.DataFrame({"score": bimodal_scores(0.6), "t": 0})
-    kept, choice = apply_threshold(table, None, True, calibrated=0.7)
+    kept, candidates, choice = apply_threshold(table, None, True, calibrated=0.7)
     assert choice["source"] == "valley" and (kept["score"] > choice["threshold"]).all()
     assert list(kept.index) == list(range(len(kept))) and 590 < len(kept) < 650
-    fixed, choice = apply_threshold(table, 0.35, True, calibrated=0.7)
-    assert len(fixed) == len(table) and choice == pytest.approx(
-        {"threshold": 0.35, "calibrated": 0.7, "valley": None, "peaks": len(table), "source": "config"})
+    assert len(candidates) == 0 and choice["candidate_floor"] is None
+    above = table[table["score"] > 0.35]
+    fixed, _, choice = apply_threshold(above, 0.35, True, calibrated=0.7)
+    assert len(fixed) == len(above) and choice == pytest.approx(
+        {"threshold": 0.35, "calibrated": 0.7, "valley": None, "peaks": len(above), "source": "config",
+         "candidate_floor": None})
+
+
+def test_candidates_are_the_peaks_between_a_fraction_of_the_threshold_and_it():
+    assert block_threshold(0.4, adaptive=True, candidate_fraction=0.5) == pytest.approx(0.2)
+    assert block_threshold(None, adaptive=False, candidate_fraction=0.5) == SCORE_FLOOR
+    table = pd.DataFrame({"score": bimodal_scores(0.6), "t": 0})
+    kept, candidates, choice = apply_threshold(table, None, True, calibrated=0.7, candidate_fraction=0.5)
+    threshold = choice["threshold"]
+    assert choice["candidate_floor"] == pytest.approx(threshold / 2)
+    score = table["score"]
+    assert len(kept) == (score > threshold).sum()
+    assert len(candidates) == ((score > threshold / 2) & (score <= threshold)).sum() > 10
+    assert candidates["score"].between(threshold / 2, threshold, inclusive="right").all()
+    assert list(candidates.index) == list(range(len(candidates)))
+    # Calibrated only (not adaptive): the blocks ran at the floor, the split is at the calibrated value.
+    kept, candidates, choice = apply_threshold(table, None, False, calibrated=0.7, candidate_fraction=0.5)
+    assert choice["source"] == "calibrated" and (kept["score"] > 0.7).all()
+    assert candidates["score"].between(0.35, 0.7, inclusive="right").all() and len(candidates) > 10
 
 
 def test_histogram_figure_is_written(tmp_path):

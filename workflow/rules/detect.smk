@@ -69,6 +69,7 @@ rule merge_detections:
         model=detector_checkpoint,
     output:
         detections="results/{dataset}/detections.parquet",
+        candidates="results/{dataset}/candidates.parquet",
         threshold="results/{dataset}/metrics/detection_threshold.json",
         histogram=report(
             "results/{dataset}/qc/detection_threshold.png",

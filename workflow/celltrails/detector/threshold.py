@@ -14,6 +14,11 @@ scikit-image's ``threshold_minimum`` (smooth the histogram until two maxima rema
 minimum between them). The threshold is the lower of the calibrated value and the valley: a series
 like the training one keeps the calibrated threshold; one the network is less confident on gets
 the valley. Too few peaks, or no second mode, keeps the calibrated threshold.
+
+Peaks between ``candidate_fraction`` of the threshold and the threshold are kept apart as
+candidates: the tracker admits one only into a track that also holds a detection (hysteresis in
+time), so a cell that dims as it leaves the field, enters or fades stays tracked without the
+series' false peaks (see ``celltrails.lineage``).
 """
 
 from __future__ import annotations
@@ -66,27 +71,34 @@ def _separates(scores: np.ndarray, valley: float) -> bool:
     return counts[at] <= MAX_DIP_RATIO * min(left, right)
 
 
-def block_threshold(configured: float | None, adaptive: bool) -> float | None:
-    """The threshold a detection block runs at: the configured one; ``SCORE_FLOOR`` when the
-    series' threshold is chosen after all blocks (``adaptive`` and none configured); else None,
+def block_threshold(configured: float | None, adaptive: bool, candidate_fraction: float | None = None
+                    ) -> float | None:
+    """The threshold a detection block runs at: ``candidate_fraction`` of the configured one (all of it
+    without candidates); ``SCORE_FLOOR`` when the series' threshold is chosen after all blocks
+    (``adaptive`` and none configured) or candidates are kept below the calibrated one; else None,
     the checkpoint's calibrated threshold."""
     if configured is not None:
-        return float(configured)
-    return SCORE_FLOOR if adaptive else None
+        return float(configured) * (candidate_fraction or 1.0)
+    return SCORE_FLOOR if adaptive or candidate_fraction else None
 
 
-def apply_threshold(detections: pd.DataFrame, configured: float | None, adaptive: bool,
-                    calibrated: float) -> tuple[pd.DataFrame, dict]:
-    """The detections of a whole series above its threshold (row ids renumbered), and the choice.
+def apply_threshold(detections: pd.DataFrame, configured: float | None, adaptive: bool, calibrated: float,
+                    candidate_fraction: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The detections of a whole series above its threshold, the candidates between
+    ``candidate_fraction`` of it and it (each table's row ids renumbered), and the choice.
 
-    ``detections`` come from blocks run at :func:`block_threshold`; with a configured threshold or
-    without ``adaptive`` they are all kept (the blocks already applied it).
+    ``detections`` come from blocks run at :func:`block_threshold`. The choice also holds
+    ``candidate_floor`` (None without candidates).
     """
     if configured is not None or not adaptive:
         used = float(configured) if configured is not None else float(calibrated)
-        return detections, {"threshold": used, "calibrated": float(calibrated), "valley": None,
-                            "peaks": len(detections), "source": "config" if configured is not None
-                            else "calibrated"}
-    choice = series_threshold(detections["score"].to_numpy(), calibrated)
-    kept = detections[detections["score"] > choice["threshold"]].reset_index(drop=True)
-    return kept, {**choice, "source": "calibrated" if choice["threshold"] == calibrated else "valley"}
+        choice = {"threshold": used, "calibrated": float(calibrated), "valley": None,
+                  "peaks": len(detections), "source": "config" if configured is not None else "calibrated"}
+    else:
+        choice = series_threshold(detections["score"].to_numpy(), calibrated)
+        choice["source"] = "calibrated" if choice["threshold"] == calibrated else "valley"
+    score, threshold = detections["score"].to_numpy(), choice["threshold"]
+    floor = candidate_fraction * threshold if candidate_fraction else None
+    below = (score > floor) & (score <= threshold) if floor is not None else np.zeros(len(score), bool)
+    kept = detections[score > threshold].reset_index(drop=True)
+    return kept, detections[below].reset_index(drop=True), {**choice, "candidate_floor": floor}
