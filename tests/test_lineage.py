@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from celltrails.lineage import TRACK_COLUMNS, LineageParams, assemble_tracks, napari_tracks, write_tracks
-from celltrails.linking import LinkParams, link_frames
+from celltrails.linking import LinkParams, link_frames, with_candidates
 from detections_factory import Track, Truth, lineage_signature, make_detections, truth_tracks
 from test_linking import division_truth
 
@@ -138,3 +138,20 @@ def test_cell_ids_are_detection_rows():
     assert sorted(tracks["cell_id"]) == sorted(det.index)
     merged = tracks.merge(det[["t", "y", "x"]], left_on="cell_id", right_index=True, suffixes=("", "_det"))
     assert (merged["t"] == merged["t_det"]).all() and np.allclose(merged["y"], merged["y_det"])
+
+
+def test_candidates_extend_a_track_and_alone_are_dropped():
+    # A cell dims as it leaves the field: its last two frames are weak peaks (candidates). So is a
+    # flicker of three weak peaks elsewhere, which no detection continues.
+    leaving = Track(1, [(t, 60.0, 80.0 - 10 * t, 8.0) for t in range(7)])
+    neighbour = Track(2, [(t, 200.0, 70.0 - 2 * t, 8.0) for t in range(10)])
+    flicker = Track(3, [(t, 400.0, 300.0, 8.0) for t in range(4, 7)])
+    det = make_detections(Truth([leaving, neighbour, flicker]))
+    weak = ((det["label"] == 1) & (det["t"] >= 5)) | (det["label"] == 3)
+    cells = with_candidates(det[~weak], det[weak])
+    tracks = track(cells)
+    labels = cells["label"].loc[tracks["cell_id"]]
+    assert set(labels) == {1, 2}, "the flicker is dropped"
+    assert (labels == 1).sum() == 7 and tracks.loc[(labels == 1).to_numpy(), "track_id"].nunique() == 1
+    everything = track(cells.drop(columns="candidate"))
+    assert set(cells["label"].loc[everything["cell_id"]]) == {1, 2, 3}

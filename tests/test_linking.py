@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from celltrails.linking import LinkParams, link_frames, link_pair, solve_assignment
+from celltrails.linking import LinkParams, link_frames, link_pair, solve_assignment, with_candidates
 from detections_factory import Track, Truth, make_detections
 
 
@@ -178,3 +178,35 @@ def test_sparse_and_dense_solvers_agree():
     assert total(dense) == pytest.approx(total(sparse))
     for chosen in (dense, sparse):
         assert len(set(rows[chosen])) == chosen.sum() and len(set(cols[chosen])) == chosen.sum()
+
+
+def test_a_candidate_never_divides_and_gives_way_to_a_division():
+    # Mother 1 divides into 2 and 3 at t=5, the head missing it (p 0.01): the sisters complete it.
+    # A weak peak (label 5, a candidate) sits at t=4 right where daughter 3 appears.
+    truth = division_truth()
+    truth.tracks.append(Track(5, [(4, 57.0, 55.0, 6.0)]))
+    det = make_detections(truth)
+    det["division_prob"] = 0.01
+    det["candidate"] = det["label"] == 5
+    pairs = chosen_pairs(link_frames(det, 0, 8), det)
+    assert {(4, 1, 2), (4, 1, 3)} <= pairs and (4, 5, 3) not in pairs
+    # As a detection, the peak holds daughter 3 and the mother does not divide.
+    as_detection = chosen_pairs(link_frames(det.assign(candidate=False), 0, 8), det)
+    assert (4, 5, 3) in as_detection and (4, 1, 3) not in as_detection
+    # A candidate daughter is not a division's second successor, even with a likely mother.
+    det = make_detections(division_truth())
+    det["candidate"] = (det["label"] == 3) & (det["t"] == 5)
+    def mother_successors(cells: pd.DataFrame) -> set[int]:
+        return {d for t, s, d in chosen_pairs(link_frames(cells, 0, 8), det) if (t, s) == (4, 1)}
+
+    assert len(mother_successors(det)) == 1
+    assert mother_successors(det.assign(candidate=False)) == {2, 3}
+
+
+def test_candidate_ids_follow_the_detections():
+    det = make_detections(division_truth()).reset_index(drop=True)
+    half = len(det) // 2
+    cells = with_candidates(det.iloc[:half], det.iloc[half:])
+    assert list(cells.index) == list(range(len(det))) and cells["x"].tolist() == det["x"].tolist()
+    assert cells["candidate"].tolist() == [False] * half + [True] * (len(det) - half)
+    assert with_candidates(det, det.iloc[:0])["candidate"].dtype == bool

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from celltrails.ctc import check_track_consistency, labels_per_frame, read_track_table
+from celltrails.linking import with_candidates
 from celltrails.memory import detect_memory_mb, evaluate_memory_mb, lineage_memory_mb
 from celltrails.ome_zarr_io import read_image_meta
 from conftest import REPO
@@ -56,11 +57,13 @@ def test_outputs_follow_the_interface(tracked):
     tracks = pd.read_parquet(results / "tracks.parquet")
     assert list(tracks.columns) == ["t", "cell_id", "track_id", "parent_track_id", "z", "y", "x", "radius"]
     detected = tracks[tracks.cell_id >= 0]            # the rest are cells filled into closed gaps
-    assert set(detected.cell_id) <= set(detections.index)
+    cells = with_candidates(detections, pd.read_parquet(results / "candidates.parquet"))
+    assert set(detected.cell_id) <= set(cells.index)
+    assert cells["candidate"].loc[detected.cell_id].groupby(detected.track_id.to_numpy()).mean().max() < 1
     assert (tracks.loc[tracks.cell_id < 0, "cell_id"].sort_values(ascending=False).to_numpy()
             == -np.arange(1, (tracks.cell_id < 0).sum() + 1)).all()
     # Positions in tracks are those of the detections they came from.
-    joined = detected.join(detections[["t", "y", "x"]], on="cell_id", rsuffix="_det")
+    joined = detected.join(cells[["t", "y", "x"]], on="cell_id", rsuffix="_det")
     assert (joined.t == joined.t_det).all() and (joined.y == joined.y_det).all()
     napari = pd.read_csv(results / "napari_tracks.csv")
     assert list(napari.columns) == ["track_id", "t", "z", "y", "x", "parent_track_id"]

@@ -5,11 +5,16 @@ new tracks whose parent is the mother's track. Gap closing joins a track end to 
 (up to ``max_gap`` missing frames) by one global assignment. The CTC format forbids gaps inside a
 track, so a closed gap is either filled (default: the cell's position and radius interpolated
 linearly over the missing frames, one track throughout) or, with ``fill_gaps`` off, the
-continuation becomes a new track whose parent is the old one. Optionally, short isolated fragments
-(no parent, no children, not cut by the first or last frame) are dropped as spurious detections.
+continuation becomes a new track whose parent is the old one. Candidates (weak peaks below the
+detection threshold, ``candidate`` column) are kept only in a track that also holds a detection:
+hysteresis in time, which follows a cell as it dims at the field's border or fades without
+admitting isolated weak peaks. Optionally, short isolated fragments (no parent, no children, not
+cut by the first or last frame) are dropped as spurious detections.
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
-``cell_id`` is the detection's row id, or -1, -2, ... for a filled-in (interpolated) cell; track
+``cell_id`` is the cell's id in the linked table (``linking.with_candidates``: a detection's row
+number, or a candidate's row number plus the number of detections), or -1, -2, ... for a filled-in
+(interpolated) cell; track
 ids are 1, 2, ... in order of first frame, so they double as CTC labels when <= 65535.
 """
 
@@ -144,7 +149,8 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
 
     ``cell_id`` is the detection's index label (its row id in detections.parquet), negative for a
     cell filled into a closed gap; only edges with ``chosen`` are used. Each cell may have at most
-    one chosen predecessor.
+    one chosen predecessor. With a boolean ``candidate`` column, tracks made of candidates only are
+    dropped.
     """
     link, lineage = link or LinkParams(), lineage or LineageParams()
     check_detections(detections)
@@ -174,6 +180,10 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
         parent_of = filled.to_dict()
         table.loc[filled.index, "track"] = [_chain_head(s, parent_of) for s in filled.index]
     tracks = _track_table(table)
+    segment_track = table["track"].loc[segment]  # each cell's track
+    if "candidate" in cells:
+        detected = pd.Series(~cells["candidate"].to_numpy(bool)).groupby(segment_track.to_numpy()).any()
+        tracks = tracks[detected.loc[tracks.index].to_numpy()]
 
     frames = cells["t"].to_numpy()
     length = tracks["end"] - tracks["start"] + 1
@@ -184,7 +194,6 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     track_id = pd.Series(np.arange(1, len(tracks) + 1), index=tracks.index)
     parent_track = tracks["parent"].map(track_id).fillna(-1).astype("int64")
 
-    segment_track = table["track"].loc[segment]
     keep = segment_track.isin(tracks.index).to_numpy()
     out = pd.DataFrame({
         "t": frames[keep].astype("int64"), "cell_id": cells.index.to_numpy()[keep].astype("int64"),

@@ -111,6 +111,16 @@ def embedding_columns(detections: pd.DataFrame) -> list[str]:
     return [c for _, c in sorted(found)]
 
 
+def with_candidates(detections: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """The cells to link: the detections (ids = their row numbers) and then the candidates (ids
+    numbered on after the detections'), with a boolean ``candidate`` column."""
+    cells = detections.reset_index(drop=True).assign(candidate=False)
+    if len(candidates) == 0:
+        return cells
+    numbered = candidates.set_axis(pd.RangeIndex(len(detections), len(detections) + len(candidates)))
+    return pd.concat([cells, numbered.assign(candidate=True)])
+
+
 def check_detections(detections: pd.DataFrame) -> None:
     """Raise ValueError when required detection columns are missing."""
     missing = [c for c in REQUIRED_COLUMNS if c not in detections.columns]
@@ -318,16 +328,22 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
     # cheaper (disappear_cost < log(p / (1 - p))): the same edges, read as "divided, one daughter
     # lost", so the single link of a likely mother costs the cheaper of the two readings.
     n = len(source)
+    # A division needs a detected mother and detected daughters; a candidate only continues a cell.
+    from_candidate, to_candidate = _is_candidate(source)[i], _is_candidate(target)[j]
+    divisible = np.flatnonzero(~(from_candidate | to_candidate))
     chosen = solve_assignment(
-        rows=np.concatenate([i, n + i]), cols=np.concatenate([j, j]),
-        costs=np.concatenate([cost, daughter_cost + division]),
+        rows=np.concatenate([i, n + i[divisible]]), cols=np.concatenate([j, j[divisible]]),
+        costs=np.concatenate([cost, (daughter_cost + division)[divisible]]),
         row_skip=np.concatenate([np.full(n, params.disappear_cost), no_division]),
         col_skip=np.full(len(target), params.appear_cost), dense_limit=params.dense_limit)
-    first, second = chosen[: len(i)], chosen[len(i):]
+    first, second = chosen[: len(i)], np.zeros(len(i), dtype=bool)
+    second[divisible] = chosen[len(i):]
+    first &= ~(to_candidate & np.isin(i, i[second]))  # nor is it the other daughter of a division
     link_cost, cost = cost, np.where(second, daughter_cost + division, cost)
     if params.complete_divisions:
         completed, sister_cost = complete_divisions(i, j, first | second, p_from, p_to, r_from, r_to,
-                                                    emb_distance, params)
+                                                    emb_distance, params, divisible, from_candidate)
+        first &= ~(from_candidate & np.isin(j, j[completed]))  # a daughter's link from a candidate gives way
         # A mother whose one successor sat in the second slot gains a second one: that one moves to
         # the first slot, so second_successor still marks one edge per division.
         moved = second & np.isin(i, i[completed])
@@ -342,14 +358,23 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
     return edges.sort_values(["source", "target"], ignore_index=True)
 
 
+def _is_candidate(cells: pd.DataFrame) -> np.ndarray:
+    """Which cells are candidates (``with_candidates``); none without a ``candidate`` column."""
+    return cells["candidate"].to_numpy(bool) if "candidate" in cells else np.zeros(len(cells), dtype=bool)
+
+
 def complete_divisions(i: np.ndarray, j: np.ndarray, chosen: np.ndarray, p_from: np.ndarray,
                        p_to: np.ndarray, r_from: np.ndarray, r_to: np.ndarray,
-                       embedding_distance: np.ndarray, params: LinkParams) -> tuple[np.ndarray, np.ndarray]:
+                       embedding_distance: np.ndarray, params: LinkParams,
+                       divisible: np.ndarray | None = None, yielding: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Second successors added from the daughters' geometry: (mask over the candidate edges, cost).
 
-    Candidates join a cell M with exactly one chosen successor A to a cell B at t+1 left without a
-    predecessor. Sisters sit on either side of where their mother was, about one of their radii
-    from it, and have similar sizes, so the cost is ``sister_symmetry_weight * position_weight *
+    Edges qualify that join a cell M with exactly one chosen successor A to a cell B at t+1 left
+    without a predecessor; with ``divisible`` (edge indices) only those, and a chosen edge marked in
+    ``yielding`` (a link from a candidate peak) leaves B free: it gives way to the division.
+    Sisters sit on either side of where their mother was, about one of their radii from it, and
+    have similar sizes, so the cost is ``sister_symmetry_weight * position_weight *
     (|(a + b) / 2 - m| / r_M)^2`` plus, for A and B, ``position_weight`` times their displacement
     beyond ``daughter_offset`` radii (as in the assignment's daughter cost), plus ``size_weight *
     |log(r_A / r_B)| + embedding_weight * d(M, B)``; one assignment (each mother one more
@@ -365,8 +390,10 @@ def complete_divisions(i: np.ndarray, j: np.ndarray, chosen: np.ndarray, p_from:
     successor = np.full(len(p_from), -1)
     successor[i[chosen]] = j[chosen]
     has_predecessor = np.zeros(len(p_to), dtype=bool)
-    has_predecessor[j[chosen]] = True
+    has_predecessor[j[chosen if yielding is None else chosen & ~yielding]] = True
     k = np.flatnonzero((n_successors[i] == 1) & ~has_predecessor[j])
+    if divisible is not None:
+        k = np.intersect1d(k, divisible)
     if len(k) == 0:
         return mask, cost
     mother, sister, daughter = i[k], successor[i[k]], j[k]

@@ -4,6 +4,7 @@
 rule link_block:
     input:
         detections="results/{dataset}/detections.parquet",
+        candidates="results/{dataset}/candidates.parquet",
         image="results/{dataset}/image.ome.zarr",
     output:
         temp("results/{dataset}/link/pairs_{start}-{stop}.parquet"),
@@ -25,6 +26,7 @@ rule link_block:
 rule lineage:
     input:
         detections="results/{dataset}/detections.parquet",
+        candidates="results/{dataset}/candidates.parquet",
         edges=link_blocks,
         image="results/{dataset}/image.ome.zarr",
     output:

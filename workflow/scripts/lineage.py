@@ -5,13 +5,14 @@ import pandas as pd
 from celltrails.atomic import atomic_path
 from celltrails.ctc_export import write_ctc_of_image
 from celltrails.lineage import LineageParams, assemble_tracks, write_tracks
-from celltrails.linking import link_params_from_config
+from celltrails.linking import link_params_from_config, with_candidates
 from celltrails.logs import ProgressLog, script_logging
 from celltrails.ome_zarr_io import read_image_meta
 
 with script_logging(snakemake.log[0]) as log:
     meta = read_image_meta(snakemake.input.image)
-    detections = pd.read_parquet(snakemake.input.detections)  # row number = cell id
+    detections = with_candidates(pd.read_parquet(snakemake.input.detections),
+                                 pd.read_parquet(snakemake.input.candidates))  # cell ids: see with_candidates
     edges = [pd.read_parquet(path) for path in snakemake.input.edges]
     edges = pd.concat(edges, ignore_index=True) if edges else pd.DataFrame(
         {"source": [], "target": [], "chosen": pd.Series([], dtype=bool)})

@@ -3,12 +3,13 @@
 
 import pandas as pd
 from celltrails.atomic import atomic_path
-from celltrails.linking import link_frames, link_params_from_config
+from celltrails.linking import link_frames, link_params_from_config, with_candidates
 from celltrails.logs import script_logging
 from celltrails.ome_zarr_io import read_image_meta
 
 with script_logging(snakemake.log[0]) as log:
-    detections = pd.read_parquet(snakemake.input.detections)  # row number = cell id
+    detections = with_candidates(pd.read_parquet(snakemake.input.detections),
+                                 pd.read_parquet(snakemake.input.candidates))  # cell ids: see with_candidates
     params = link_params_from_config(snakemake.params.link, read_image_meta(snakemake.input.image).voxel_size)
     start, stop = int(snakemake.wildcards.start), int(snakemake.wildcards.stop)
     edges = link_frames(detections, start, stop, params)
