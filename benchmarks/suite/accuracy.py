@@ -229,4 +229,5 @@ def _on_our_detections(job: PeerJob, celltrails: dict, tool: str, module: str) -
     reused = {k: Stage(**v) for k, v in source["stages"].items() if k in ("convert", "detect")}
     return _result({**reused, "link": link, "evaluate": score}, metrics, job.n_frames,
                    note=f"convert and detect are celltrails' ({Path(source['workdir']).name}): "
-                        f"{TOOLS[tool].split(' on ')[0]} links the same detections")
+                        f"{TOOLS[tool].split(' on ')[0]} links the same detections (detections.parquet; "
+                        "celltrails' own tracks also take the weak peaks of candidates.parquet)")
