@@ -80,10 +80,17 @@ def test_candidates_are_the_peaks_between_a_fraction_of_the_threshold_and_it():
     assert len(candidates) == ((score > threshold / 2) & (score <= threshold)).sum() > 10
     assert candidates["score"].between(threshold / 2, threshold, inclusive="right").all()
     assert list(candidates.index) == list(range(len(candidates)))
+    # A peak at the threshold is a candidate, one at the floor is neither.
+    edges = pd.DataFrame({"score": [0.2, 0.2001, 0.4, 0.4001], "t": 0})
+    kept, candidates, _ = apply_threshold(edges, 0.4, True, calibrated=0.7, candidate_fraction=0.5)
+    assert kept["score"].tolist() == [0.4001] and candidates["score"].tolist() == [0.2001, 0.4]
     # Calibrated only (not adaptive): the blocks ran at the floor, the split is at the calibrated value.
     kept, candidates, choice = apply_threshold(table, None, False, calibrated=0.7, candidate_fraction=0.5)
     assert choice["source"] == "calibrated" and (kept["score"] > 0.7).all()
     assert candidates["score"].between(0.35, 0.7, inclusive="right").all() and len(candidates) > 10
+    # The blocks found nothing below SCORE_FLOOR, so the floor reported is never lower.
+    _, _, choice = apply_threshold(table, None, False, calibrated=0.06, candidate_fraction=0.5)
+    assert choice["candidate_floor"] == SCORE_FLOOR
 
 
 def test_histogram_figure_is_written(tmp_path):

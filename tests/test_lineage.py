@@ -155,3 +155,16 @@ def test_candidates_extend_a_track_and_alone_are_dropped():
     assert (labels == 1).sum() == 7 and tracks.loc[(labels == 1).to_numpy(), "track_id"].nunique() == 1
     everything = track(cells.drop(columns="candidate"))
     assert set(cells["label"].loc[everything["cell_id"]]) == {1, 2, 3}
+
+
+def test_candidates_in_a_gap_closed_chain_keep_its_lineage_without_filling():
+    # One cell missed at t=4 and t=7, seen only as weak peaks at t=5-6: with fill_gaps off the chain
+    # is three tracks, each the parent of the next, and the middle one (candidates alone) stays.
+    det = make_detections(gap_truth(missing=[4, 7]))
+    weak = (det["label"] == 1) & det["t"].isin([5, 6])
+    cells = with_candidates(det[~weak], det[weak])
+    tracks = track(cells, LineageParams(fill_gaps=False))
+    mine = tracks[cells["label"].loc[tracks["cell_id"]].to_numpy() == 1]
+    assert len(mine) == (det["label"] == 1).sum()
+    heads = mine.drop_duplicates("track_id").sort_values("t")
+    assert len(heads) == 3 and list(heads["parent_track_id"].iloc[1:]) == list(heads["track_id"].iloc[:2])

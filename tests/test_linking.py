@@ -201,6 +201,15 @@ def test_a_candidate_never_divides_and_gives_way_to_a_division():
 
     assert len(mother_successors(det)) == 1
     assert mother_successors(det.assign(candidate=False)) == {2, 3}
+    # Nor does completion make one a daughter: the mother's one successor is the candidate right
+    # beside her (daughter 3 at t=5), and detected daughter 2 is left a birth.
+    truth = division_truth()
+    truth.tracks[2].points = [(t, 54.0, 55.0, 6.0) for t in range(5, 9)]
+    det = make_detections(truth)
+    det["division_prob"] = 0.01
+    det["candidate"] = (det["label"] == 3) & (det["t"] == 5)
+    assert mother_successors(det) == {3}
+    assert mother_successors(det.assign(candidate=False)) == {2, 3}
 
 
 def test_candidate_ids_follow_the_detections():

@@ -172,18 +172,19 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     scale = embedding_scale([f for _, f in cells.groupby("t")], link) if link.embedding_weight > 0 else None
     gap_parent = _close_gaps(cells, table, link, lineage, scale)
     table.loc[gap_parent.index, "parent"] = gap_parent.to_numpy()
-    # Every segment belongs to the track of its chain head: itself, or with filled gaps the first
-    # segment of a chain of gap-closed continuations.
-    table["track"] = table.index.to_numpy(np.int64)
+    # A chain: a segment and its gap-closed continuations, one cell throughout. Every segment
+    # belongs to the track of its chain's head with filled gaps, to its own track without.
+    chain = pd.Series(table.index.to_numpy(np.int64), index=table.index)
+    if len(gap_parent):
+        parent_of = gap_parent.to_dict()
+        chain.loc[gap_parent.index] = [_chain_head(s, parent_of) for s in gap_parent.index]
+    table["track"] = chain if lineage.fill_gaps else table.index.to_numpy(np.int64)
     filled = gap_parent if lineage.fill_gaps else pd.Series(dtype="int64")
-    if len(filled):
-        parent_of = filled.to_dict()
-        table.loc[filled.index, "track"] = [_chain_head(s, parent_of) for s in filled.index]
     tracks = _track_table(table)
+    if "candidate" in cells:  # drop the chains of candidates alone (whole chains: no lineage is cut)
+        detected = pd.Series(~cells["candidate"].to_numpy(bool)).groupby(chain.loc[segment].to_numpy()).any()
+        tracks = tracks[detected.loc[chain.loc[tracks.index]].to_numpy()]
     segment_track = table["track"].loc[segment]  # each cell's track
-    if "candidate" in cells:
-        detected = pd.Series(~cells["candidate"].to_numpy(bool)).groupby(segment_track.to_numpy()).any()
-        tracks = tracks[detected.loc[tracks.index].to_numpy()]
 
     frames = cells["t"].to_numpy()
     length = tracks["end"] - tracks["start"] + 1

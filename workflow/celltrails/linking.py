@@ -341,8 +341,10 @@ def link_pair(source: pd.DataFrame, target: pd.DataFrame, params: LinkParams) ->
     first &= ~(to_candidate & np.isin(i, i[second]))  # nor is it the other daughter of a division
     link_cost, cost = cost, np.where(second, daughter_cost + division, cost)
     if params.complete_divisions:
+        # A mother whose one successor is a candidate is not completed: the candidate would be a daughter.
+        completable = divisible[~np.isin(i[divisible], i[first & to_candidate])]
         completed, sister_cost = complete_divisions(i, j, first | second, p_from, p_to, r_from, r_to,
-                                                    emb_distance, params, divisible, from_candidate)
+                                                    emb_distance, params, completable, from_candidate)
         first &= ~(from_candidate & np.isin(j, j[completed]))  # a daughter's link from a candidate gives way
         # A mother whose one successor sat in the second slot gains a second one: that one moves to
         # the first slot, so second_successor still marks one edge per division.

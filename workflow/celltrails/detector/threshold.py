@@ -99,6 +99,8 @@ def apply_threshold(detections: pd.DataFrame, configured: float | None, adaptive
         choice["source"] = "calibrated" if choice["threshold"] == calibrated else "valley"
     score, threshold = detections["score"].to_numpy(), choice["threshold"]
     floor = candidate_fraction * threshold if candidate_fraction else None
+    if floor is not None and configured is None:  # the blocks found no peak below SCORE_FLOOR
+        floor = max(floor, SCORE_FLOOR)
     below = (score > floor) & (score <= threshold) if floor is not None else np.zeros(len(score), bool)
     kept = detections[score > threshold].reset_index(drop=True)
     return kept, detections[below].reset_index(drop=True), {**choice, "candidate_floor": floor}
