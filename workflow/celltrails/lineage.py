@@ -6,16 +6,16 @@ new tracks whose parent is the mother's track. Gap closing joins a track end to 
 track, so a closed gap is either filled (default: the cell's position and radius interpolated
 linearly over the missing frames, one track throughout) or, with ``fill_gaps`` off, the
 continuation becomes a new track whose parent is the old one. Candidates (weak peaks below the
-detection threshold, ``candidate`` column) are kept only in a track that also holds a detection:
-hysteresis in time, which follows a cell as it dims at the field's border or fades without
-admitting isolated weak peaks. Optionally, short isolated fragments (no parent, no children, not
-cut by the first or last frame) are dropped as spurious detections.
+detection threshold, ``candidate`` column) are kept only in a cell's chain of gap-closed tracks
+that also holds a detection: hysteresis in time, which follows a cell as it dims at the field's
+border or fades without admitting isolated weak peaks. Optionally, short isolated fragments (no
+parent, no children, not cut by the first or last frame) are dropped as spurious detections.
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
 ``cell_id`` is the cell's id in the linked table (``linking.with_candidates``: a detection's row
 number, or a candidate's row number plus the number of detections), or -1, -2, ... for a filled-in
-(interpolated) cell; track
-ids are 1, 2, ... in order of first frame, so they double as CTC labels when <= 65535.
+(interpolated) cell; track ids are 1, 2, ... in order of first frame, so they double as CTC labels
+when <= 65535.
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
 
     ``cell_id`` is the detection's index label (its row id in detections.parquet), negative for a
     cell filled into a closed gap; only edges with ``chosen`` are used. Each cell may have at most
-    one chosen predecessor. With a boolean ``candidate`` column, tracks made of candidates only are
-    dropped.
+    one chosen predecessor. With a boolean ``candidate`` column, a cell's chain of gap-closed tracks
+    made of candidates only is dropped.
     """
     link, lineage = link or LinkParams(), lineage or LineageParams()
     check_detections(detections)
