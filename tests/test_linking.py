@@ -196,8 +196,9 @@ def test_a_candidate_never_divides_and_gives_way_to_a_division():
     # A candidate daughter is not a division's second successor, even with a likely mother.
     det = make_detections(division_truth())
     det["candidate"] = (det["label"] == 3) & (det["t"] == 5)
+
     def mother_successors(cells: pd.DataFrame) -> set[int]:
-        return {d for t, s, d in chosen_pairs(link_frames(cells, 0, 8), det) if (t, s) == (4, 1)}
+        return {d for t, s, d in chosen_pairs(link_frames(cells, 0, 8), cells) if (t, s) == (4, 1)}
 
     assert len(mother_successors(det)) == 1
     assert mother_successors(det.assign(candidate=False)) == {2, 3}
