@@ -56,11 +56,13 @@ def test_binned_view_is_the_block_mean_with_the_far_edge_trimmed(tmp_path):
 
 
 def test_points_go_to_working_coordinates_and_back():
-    points = pd.DataFrame({"t": [0, 1], "z": [0.0, 2.0], "y": [2.0, 41.5], "x": [7.0, 0.0], "radius": [25.0, 10.0]})
+    points = pd.DataFrame({"t": [0, 1], "z": [0.0, 2.0], "y": [2.0, 41.5], "x": [7.0, 0.0], "radius": [25.0, 10.0],
+                           "ridge_distance": [30.0, np.nan]})
     working = to_working(points, 5)
     # image pixels 0..4 form working pixel 0, whose centre is image pixel 2
     assert working.y.tolist() == pytest.approx([0.0, 7.9]) and working.x.tolist() == pytest.approx([1.0, -0.4])
     assert working.radius.tolist() == pytest.approx([5.0, 2.0]) and working.z.tolist() == [0.0, 2.0]
+    assert working.ridge_distance.tolist() == pytest.approx([6.0, np.nan], nan_ok=True), "a length, like the radius"
     pd.testing.assert_frame_equal(to_image(working, 5), points)
 
 

@@ -10,7 +10,18 @@ result independent of the tiling (exactly so in the tests; CellDetector's GroupN
 per tile, so its maps still vary slightly with the tile). Memory is bounded by two frames, one
 batch of tiles and the detections found, never by the length of the series.
 
-Output columns (``detections.parquet``): ``t, z, y, x, score, radius, division_prob, emb_0..``.
+Each peak also gets its **ridge**: with its nearest peak, when the two are closer than the sum of
+their radii, the lowest centre confidence on the segment between them over the lower of the two
+peaks, and the distance to that peak, ``ridge_distance`` (xy pixels, z scaled), which tells whom
+the ridge joins it to (that peak may be one the threshold drops later); 0 and NaN without such a
+neighbour. The network is taught one Gaussian per cell, so its map falls towards 0 between two
+cells and stays up between two peaks inside one nucleus (0.19-0.93 on Fluo-N2DH-GOWT1 02; between
+distinct nuclei of Fluo-N2DH-SIM+ 02 median 0.01, 5 % above 0.40); the lineage uses it, with
+persistence over frames, to tell a cell split by the detector from two daughters
+(``celltrails.split_cells``).
+
+Output columns (``detections.parquet``): ``t, z, y, x, score, radius, division_prob, ridge,
+ridge_distance, emb_0..``.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
@@ -51,7 +63,7 @@ from celltrails.ome_zarr_io import open_image
 
 log = logging.getLogger(__name__)
 
-DETECTION_COLUMNS = ("t", "z", "y", "x", "score", "radius", "division_prob")
+DETECTION_COLUMNS = ("t", "z", "y", "x", "score", "radius", "division_prob", "ridge", "ridge_distance")
 SORT_KEYS = ["t", "z", "y", "x"]
 PHASES = ("read", "model", "peaks")
 
@@ -235,10 +247,11 @@ def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
 
 @dataclass(frozen=True)
 class PeakSettings:
-    """Peak finding: logit threshold and max-filter half-widths (z, y, x) in voxels."""
+    """Peak finding: logit threshold, max-filter half-widths (z, y, x) in voxels, z voxel / xy voxel."""
 
     logit_threshold: float
     radius: tuple[int, int, int]
+    z_scale: float = 1.0
 
     @classmethod
     def make(cls, threshold: float, min_distance: float, voxel_size: Sequence[float], is_3d: bool
@@ -250,7 +263,7 @@ class PeakSettings:
             raise ValueError(f"min_distance must be positive, not {min_distance}")
         r_xy = max(1, round(min_distance / 2))
         r_z = max(1, round(r_xy * voxel_size[2] / voxel_size[0])) if is_3d else 0
-        return cls(math.log(threshold / (1.0 - threshold)), (r_z, r_xy, r_xy))
+        return cls(math.log(threshold / (1.0 - threshold)), (r_z, r_xy, r_xy), float(voxel_size[0] / voxel_size[2]))
 
 
 @dataclass(frozen=True)
@@ -261,13 +274,15 @@ class Peaks:
     score: np.ndarray
     radius: np.ndarray
     division: np.ndarray
+    ridge: np.ndarray
+    ridge_distance: np.ndarray
     embedding: np.ndarray  # (n, D)
 
     @staticmethod
     def concat(parts: Sequence[Peaks]) -> Peaks:
         """One Peaks from the (non-empty) list of per-batch peaks."""
         return Peaks(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                       ("position", "score", "radius", "division", "embedding")))
+                       ("position", "score", "radius", "division", "ridge", "ridge_distance", "embedding")))
 
 
 def separable_max_filter(maps: torch.Tensor, radius: Sequence[int]) -> torch.Tensor:
@@ -295,6 +310,8 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
     lo = torch.as_tensor(grid.core_lo[list(indices)], device=local.device)
     hi = torch.as_tensor(grid.core_hi[list(indices)], device=local.device)
     owned = ((local >= lo[b]) & (local < hi[b])).all(dim=1)
+    ridge, ridge_distance = tile_ridges(center, b.cpu().numpy(), local.cpu().numpy(),
+                        out["radius"][b, 0, z, y, x].float().cpu().numpy(), owned.cpu().numpy(), settings.z_scale)
     b, z, y, x, local = b[owned], z[owned], y[owned], x[owned], local[owned]
     starts = torch.as_tensor(grid.starts[list(indices)], device=local.device)
     embedding = out["embedding"].permute(0, 2, 3, 4, 1)[b, z, y, x]
@@ -302,7 +319,46 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
                  score=torch.sigmoid(center[b, 0, z, y, x]).cpu().numpy(),
                  radius=out["radius"][b, 0, z, y, x].cpu().numpy(),
                  division=torch.sigmoid(out["division"][b, 0, z, y, x]).cpu().numpy(),
-                 embedding=embedding.cpu().numpy())
+                 ridge=ridge, ridge_distance=ridge_distance, embedding=embedding.cpu().numpy())
+
+
+def tile_ridges(center: torch.Tensor, tile: np.ndarray, position: np.ndarray, radius: np.ndarray,
+                owned: np.ndarray, z_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge and ridge distance (module docstring) of each owned peak, to its nearest peak in the
+    same tile.
+
+    ``center``: (B, 1, Z, Y, X) logits; ``tile``, ``position`` (tile voxels), ``radius`` (xy voxels)
+    and ``owned``: every peak found in the batch, so a peak near a core edge still sees its
+    neighbour in the overlap.
+    """
+    ridge = np.zeros(len(tile), dtype=np.float32)
+    ridge_distance = np.full(len(tile), np.nan, dtype=np.float32)
+    scale = np.array([z_scale, 1.0, 1.0])
+    for b in np.unique(tile[owned]):
+        members = np.flatnonzero(tile == b)
+        if len(members) < 2:
+            continue
+        points = position[members] * scale
+        distance, nearest = cKDTree(points).query(points, k=2)
+        prob = None
+        for i in np.flatnonzero(owned[members]):
+            j = nearest[i, 1]
+            if distance[i, 1] >= radius[members[i]] + radius[members[j]]:
+                continue
+            if prob is None:
+                prob = torch.sigmoid(center[b, 0].float()).cpu().numpy()
+            ridge[members[i]] = segment_ridge(prob, position[members[i]], position[members[j]])
+            ridge_distance[members[i]] = distance[i, 1]
+    return ridge[owned], ridge_distance[owned]
+
+
+def segment_ridge(prob: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Lowest value of ``prob`` (Z, Y, X) on the segment a-b (linear interpolation, about two
+    samples per voxel) over the lower of its two ends, in [0, 1]."""
+    steps = 2 * int(np.ceil(np.abs(b - a).max())) + 1
+    line = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, max(steps, 3))
+    values = map_coordinates(prob, line, order=1, mode="nearest")
+    return float(np.clip(values.min() / max(min(values[0], values[-1]), 1e-6), 0.0, 1.0))
 
 
 def store_daughter_map(buffer: np.ndarray, out: dict[str, torch.Tensor], grid: TileGrid,
@@ -341,7 +397,8 @@ def frame_table(t: int, peaks: Peaks) -> pd.DataFrame:
     columns = {"t": np.full(len(peaks.score), t, dtype=np.int64)}
     for axis, name in enumerate(("z", "y", "x")):
         columns[name] = peaks.position[:, axis].astype(np.float64)
-    columns |= {"score": peaks.score, "radius": peaks.radius, "division_prob": peaks.division}
+    columns |= {"score": peaks.score, "radius": peaks.radius, "division_prob": peaks.division,
+                "ridge": peaks.ridge, "ridge_distance": peaks.ridge_distance}
     columns |= {f"emb_{k}": peaks.embedding[:, k] for k in range(peaks.embedding.shape[1])}
     return pd.DataFrame(columns)
 
@@ -417,7 +474,8 @@ class PairRunner:
                     peaks = find_peaks(out, self.grid, indices, self.peaks)
                     earlier = daughters[tuple(peaks.position.T)].astype(np.float32)
                     found.append(Peaks(peaks.position, peaks.score, peaks.radius,
-                                       np.maximum(peaks.division, earlier), peaks.embedding))
+                                       np.maximum(peaks.division, earlier), peaks.ridge,
+                                       peaks.ridge_distance, peaks.embedding))
                 if want_daughters:
                     store_daughter_map(daughters, out, self.grid, indices)
         return found

@@ -60,7 +60,8 @@ def working_voxel_size(voxel_size: Sequence[float], factor: int) -> tuple[float,
 
 
 def to_working(points: pd.DataFrame, factor: int) -> pd.DataFrame:
-    """Points (``y``, ``x``, optional ``radius`` in image pixels) in binned-image coordinates."""
+    """Points (``y``, ``x``, optional ``radius``, ``ridge_distance`` in image pixels) in binned-image
+    coordinates."""
     return _rescale(points, 1.0 / factor, -(factor - 1) / 2.0 / factor)
 
 
@@ -73,7 +74,7 @@ def _rescale(points: pd.DataFrame, gain: float, offset: float) -> pd.DataFrame:
     if gain == 1.0:
         return points
     out = points.copy()
-    for column, shift in (("y", offset), ("x", offset), ("radius", 0.0)):
+    for column, shift in (("y", offset), ("x", offset), ("radius", 0.0), ("ridge_distance", 0.0)):
         if column in out.columns:
             values = out[column].to_numpy()
             dtype = values.dtype if values.dtype.kind == "f" else np.float64
