@@ -9,7 +9,9 @@ continuation becomes a new track whose parent is the old one. Candidates (weak p
 detection threshold, ``candidate`` column) are kept only in a cell's chain of gap-closed tracks
 that also holds a detection: hysteresis in time, which follows a cell as it dims at the field's
 border or fades without admitting isolated weak peaks. Optionally, short isolated fragments (no
-parent, no children, not cut by the first or last frame) are dropped as spurious detections.
+parent, no children, not cut by the first or last frame) are dropped as spurious detections. Last,
+a division whose daughters stay joined by a ridge of the detector's centre map is merged back into
+one cell (:mod:`celltrails.split_cells`).
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
 ``cell_id`` is the cell's id in the linked table (``linking.with_candidates``: a detection's row
@@ -41,6 +43,7 @@ from celltrails.linking import (
     solve_assignment,
     transition_cost,
 )
+from celltrails.split_cells import merge_split_cells
 
 TRACK_COLUMNS = ["t", "cell_id", "track_id", "parent_track_id", "z", "y", "x", "radius"]
 
@@ -65,16 +68,24 @@ class LineageParams:
             pays when over ~90% of the short tracks are false; on SIM+/GOWT1 ground-truth
             detections a value of 2 already drops real cells (border slivers, cells that flicker
             in and out of focus). Use 2-3 for noisy detectors when clean lineages matter more.
+        split_persistence: a division whose daughters stay joined by a ridge of the detector's
+            centre map for at least this many frames is one cell split by the detector and is
+            merged back (:mod:`celltrails.split_cells`); 0 switches it off.
+        split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
     """
 
     max_gap: int = 4
     gap_frame_cost: float = 0.5
     min_track_length: int = 1
     fill_gaps: bool = True
+    split_persistence: int = 5
+    split_ridge: float = 0.2
 
     def __post_init__(self) -> None:
         if self.max_gap < 0 or self.min_track_length < 1 or self.gap_frame_cost < 0:
             raise ValueError("max_gap >= 0, min_track_length >= 1 and gap_frame_cost >= 0 required")
+        if self.split_persistence < 0 or not 0.0 <= self.split_ridge <= 1.0:
+            raise ValueError("split_persistence >= 0 and split_ridge in [0, 1] required")
 
 
 def _segments(n_cells: int, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +214,8 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
         "z": cells["z"].to_numpy(float)[keep], "y": cells["y"].to_numpy(float)[keep],
         "x": cells["x"].to_numpy(float)[keep], "radius": cells["radius"].to_numpy(float)[keep]})
     gaps = _filled_cells(cells, table, filled, track_id, parent_track)
-    return pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
+    tracks = pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
+    return merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge)
 
 
 def _chain_head(segment: int, gap_parent: dict[int, int]) -> int:
