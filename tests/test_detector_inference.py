@@ -187,6 +187,72 @@ def test_the_ridge_tells_two_peaks_of_one_nucleus_from_two_cells():
     assert {tuple(p[1:]): float(r) for p, r in zip(tiled.position.tolist(), tiled.ridge)} == pytest.approx(ridge)
 
 
+
+def ridges_of(blobs, shape=(64, 64), radius=None, tile=None, overlap=0, voxel=(1.0, 1.0, 1.0), is_3d=False,
+              min_distance: float = 3.0):
+    """{(z, y, x): (ridge, ridge_distance)} of the peaks found (and then suppressed, as in inference)
+    on a map of ``blobs`` (a function of z, y, x grids), whole or in tiles of ``tile`` px."""
+    grids = np.indices(shape if len(shape) == 3 else (1, *shape), dtype=np.float64)
+    prob = np.clip(blobs(*grids), 1e-4, 0.99)
+    center = torch.from_numpy(np.log(prob / (1 - prob)).astype(np.float32))[None, None]
+    radius = torch.full_like(center, 4.0) if radius is None else torch.from_numpy(radius.astype(np.float32))[None, None]
+    maps = {"center": center, "radius": radius, "division": torch.cat([center, center], 1),
+            "embedding": torch.zeros(1, 2, *center.shape[2:])}
+    full = center.shape[2:]
+    size = full if tile is None else (full[0], tile, tile)
+    grid = plan_tiles(full, size, (0, overlap, overlap), (1, 8, 8))
+    out = {key: torch.cat([value[:, :, z:z + size[0], y:y + size[1], x:x + size[2]] for z, y, x in grid.starts])
+           for key, value in maps.items()}
+    peaks = find_peaks(out, grid, range(len(grid)), PeakSettings.make(0.3, min_distance, voxel, is_3d=is_3d))
+    table = suppress_close(pd.DataFrame({"z": peaks.position[:, 0], "y": peaks.position[:, 1],
+                                         "x": peaks.position[:, 2], "score": peaks.score, "ridge": peaks.ridge,
+                                         "ridge_distance": peaks.ridge_distance}), min_distance, voxel)
+    return {(int(r.z), int(r.y), int(r.x)): (float(r.ridge), float(r.ridge_distance)) for r in table.itertuples()}
+
+
+def gaussians(*blobs, scale=(1.0, 1.0, 1.0)):
+    """Sum of Gaussians (z, y, x, sigma, peak) in physical units (z scaled)."""
+    return lambda z, y, x: sum(p * np.exp(-((scale[0] * (z - bz)) ** 2 + (y - by) ** 2 + (x - bx) ** 2) / (2 * s * s))
+                               for bz, by, bx, s, p in blobs)
+
+
+def test_the_ridge_gate_is_the_sum_of_the_two_radii():
+    radius = np.where(np.indices((1, 64, 64))[2] < 24, 2.0, 6.0)  # 2 px left of x = 24, 6 px right
+    found = ridges_of(gaussians((0, 16, 20, 2.5, 0.6), (0, 16, 27, 2.5, 0.5)), radius=radius)
+    assert [d for _, d in found.values()] == [7.0, 7.0], "7 px apart, radii 2 + 6"
+
+
+def test_in_3d_the_ridge_distance_is_physical():
+    # Voxels 3 x 1 x 1: two halves 2 slices apart are 6 px apart, inside radii 4 + 4.
+    blobs = gaussians((3, 16, 16, 2.5, 0.5), (5, 16, 16, 2.5, 0.5), scale=(3.0, 1.0, 1.0))
+    found = ridges_of(blobs, shape=(8, 32, 32), voxel=(3.0, 1.0, 1.0), is_3d=True)
+    assert sorted(found) == [(3, 16, 16), (5, 16, 16)]
+    assert all(r > 0.8 and d == pytest.approx(6.0) for r, d in found.values())
+
+
+def test_a_ridge_skips_a_twin_peak_that_suppression_drops():
+    # A plateau gives one nucleus two equal maxima 1 px apart; the kept one's ridge must still
+    # join it to the nucleus' other half, not to its dropped twin.
+    halves = gaussians((0, 16, 20, 2.5, 0.6), (0, 16, 29, 2.5, 0.5))
+
+    def twins(z, y, x):
+        return np.where((y == 16) & ((x == 20) | (x == 21)), 0.62, halves(z, y, x))
+
+    found = ridges_of(twins, radius=np.full((1, 64, 64), 5.0))  # 9 px apart, radii 5 + 5
+    assert sorted(found) == [(0, 16, 20), (0, 16, 29)]
+    assert [d for _, d in found.values()] == [9.0, 9.0]
+
+
+def test_a_ridge_never_joins_a_peak_to_a_tile_edge():
+    # 12 px apart, radii 8 + 8: with 32-px tiles overlapping by 8 the peak at x = 22 does not see
+    # its partner (beyond its tile) but sees a false maximum where the tile edge cuts the slope.
+    blobs = gaussians((0, 16, 22, 3.5, 0.6), (0, 16, 34, 3.5, 0.5))
+    radius = np.full((1, 64, 64), 8.0)
+    whole = ridges_of(blobs, radius=radius)
+    tiled = ridges_of(blobs, radius=radius, tile=32, overlap=8)
+    assert [d for _, d in whole.values()] == [12.0, 12.0]
+    assert all(d == 12.0 or np.isnan(d) for _, d in tiled.values())
+
 # --- 2D and 3D detection ----------------------------------------------------------------------------------
 
 SEAM = (0, 24, 40)  # with 32-px tiles overlapping by 16 on 64 px, the core seams are at 24 and 40

@@ -23,21 +23,29 @@ class Lineage:
         self.score: dict[int, float] = {}
 
     def add(self, track: int, parent: int, frames: range, y: float, x: float, ridge: float = 0.0,
-            partner: float = np.nan, score: float = 0.9, filled: tuple[int, ...] = ()) -> None:
+            partner: float = np.nan, score: float = 0.9, filled: tuple[int, ...] = (), z: float = 0.0,
+            radius: float = RADIUS) -> None:
         """Cells of ``track``; ``ridge`` and ``partner`` (the ridge's distance) for each."""
         for t in frames:
             cell = -1 - sum(r["cell_id"] < 0 for r in self.rows) if t in filled else len(self.ridge)
             if cell >= 0:
                 self.ridge[cell], self.partner[cell], self.score[cell] = ridge, partner, score
             self.rows.append({"t": t, "cell_id": cell, "track_id": track, "parent_track_id": parent,
-                              "z": 0.0, "y": y, "x": x, "radius": RADIUS})
+                              "z": z, "y": y, "x": x, "radius": radius})
+
+    def set(self, track: int, **values: float) -> None:
+        """Change ``ridge`` or ``partner`` of every detected cell of ``track``."""
+        for row in self.rows:
+            if row["track_id"] == track and row["cell_id"] >= 0:
+                for name, value in values.items():
+                    getattr(self, name)[row["cell_id"]] = value
 
     def split(self, frames: range, ridge: float, gap: float = 8.0, partner: float | None = None,
-              **options) -> None:
-        """Mother 1 (frames 0-2) whose 'daughters' 2 and 3 sit ``gap`` px apart over ``frames``,
-        each with a ridge to a peak ``partner`` px away (default: to the other)."""
+              mother_parent: int = -1, **options) -> None:
+        """Mother 1 (from frame 0, or 2 with a parent) whose 'daughters' 2 and 3 sit ``gap`` px apart
+        over ``frames``, each with a ridge to a peak ``partner`` px away (default: to the other)."""
         partner = gap if partner is None else partner
-        self.add(1, -1, range(frames.start), 50.0, 50.0)
+        self.add(1, mother_parent, range(0 if mother_parent < 0 else 2, frames.start), 50.0, 50.0)
         self.add(2, 1, frames, 50.0, 50.0 - gap / 2, ridge, partner, score=0.6, **options)
         self.add(3, 1, frames, 50.0, 50.0 + gap / 2, ridge, partner, score=0.7)
 
@@ -47,13 +55,14 @@ class Lineage:
         return tracks, detections
 
 
-def merged(lineage: Lineage, persistence: int = 5, min_ridge: float = 0.2) -> pd.DataFrame:
+def merged(lineage: Lineage, persistence: int = 5, min_ridge: float = 0.2, voxel=VOXEL) -> pd.DataFrame:
     tracks, detections = lineage.tables()
-    return merge_split_cells(tracks, detections, VOXEL, persistence, min_ridge)
+    return merge_split_cells(tracks, detections, voxel, persistence, min_ridge)
 
 
 def lineage_of(tracks: pd.DataFrame) -> dict[int, tuple[int, int, int]]:
-    """track id -> (first frame, last frame, parent track id)."""
+    """track id -> (first frame, last frame, parent track id), checking each track has one parent."""
+    assert (tracks.groupby("track_id")["parent_track_id"].nunique() == 1).all(), "one parent per track"
     spans = tracks.groupby("track_id").agg(first=("t", "min"), last=("t", "max"), parent=("parent_track_id", "first"))
     return {int(k): (int(r["first"]), int(r["last"]), int(r["parent"])) for k, r in spans.iterrows()}
 
@@ -121,11 +130,72 @@ def test_a_ridge_to_another_peak_does_not_join_the_sisters():
     assert merged(cells).equals(cells.tables()[0])
 
 
-def test_a_cell_nearer_than_the_sister_breaks_the_run():
+@pytest.mark.parametrize("values", [{"ridge": 0.1}, {"partner": 5.0}])
+def test_both_sisters_must_be_ridge_joined_to_each_other(values):
     cells = Lineage()
-    cells.split(range(3, 9), ridge=0.8, gap=12.0)
-    cells.add(4, -1, range(9), 50.0, 38.0)  # 6 px from daughter 2, her sister is 12 px away
+    cells.split(range(3, 9), ridge=0.8)
+    cells.set(2, **values)
     assert merged(cells).equals(cells.tables()[0])
+
+
+@pytest.mark.parametrize("x, who", [(40.0, "nearer to sister 2"), (61.0, "nearer to sister 3 only")])
+def test_a_cell_nearer_than_the_sister_breaks_the_run(x, who):
+    cells = Lineage()
+    cells.split(range(3, 9), ridge=0.8, gap=8.0)  # sisters at x = 46 and 54
+    cells.add(4, -1, range(9), 50.0, x)
+    assert merged(cells).equals(cells.tables()[0]), who
+
+
+def test_sisters_farther_apart_than_their_radii_are_two_cells_whatever_the_ridge():
+    cells = Lineage()
+    cells.split(range(3, 9), ridge=0.8, gap=20.0)  # radii 8 + 8 < 20
+    assert merged(cells).equals(cells.tables()[0])
+
+
+def test_a_missing_radius_never_joins_the_sisters():
+    cells = Lineage()
+    cells.add(1, -1, range(3), 50.0, 50.0)
+    cells.add(2, 1, range(3, 9), 50.0, 30.0, 0.8, 40.0, radius=np.nan)
+    cells.add(3, 1, range(3, 9), 50.0, 70.0, 0.8, 40.0, radius=np.nan)
+    assert merged(cells).equals(cells.tables()[0])
+
+
+def test_the_merged_cell_keeps_the_mothers_parent():
+    cells = Lineage()
+    cells.add(10, -1, range(2), 50.0, 50.0)  # grandmother divides into mother 1 and a far sibling
+    cells.add(11, 10, range(2, 11), 50.0, 150.0)
+    cells.split(range(5, 11), ridge=0.8, mother_parent=10)
+    assert lineage_of(merged(cells)) == {1: (0, 1, -1), 2: (2, 10, 1), 3: (2, 10, 1)}
+    cells.add(3, 1, range(11, 14), 50.0, 54.0)  # one half goes on alone: still the same cell
+    assert lineage_of(merged(cells)) == {1: (0, 1, -1), 2: (2, 13, 1), 3: (2, 10, 1)}
+
+
+def test_a_split_mother_is_merged_once_her_split_daughter_is():
+    # Sister 2 ends the run by dividing into 5 and 6, which are themselves the two halves of one
+    # nucleus: once they are merged, sister 2 no longer divides and her mother's split is undone.
+    cells = Lineage()
+    cells.split(range(3, 9), ridge=0.8)
+    cells.add(5, 2, range(9, 15), 50.0, 46.0, ridge=0.8, partner=8.0)
+    cells.add(6, 2, range(9, 15), 50.0, 54.0, ridge=0.8, partner=8.0)
+    assert lineage_of(merged(cells)) == {1: (0, 14, -1)}
+
+
+def test_in_3d_distances_and_the_merged_radius_are_physical():
+    # Voxels 2 x 1 x 1: halves 4 slices apart are 8 px apart, inside radii 8 + 8.
+    cells = Lineage()
+    cells.add(1, -1, range(3), 50.0, 50.0, z=10.0)
+    cells.add(2, 1, range(3, 9), 50.0, 50.0, 0.8, 8.0, score=0.6, z=8.0)
+    cells.add(3, 1, range(3, 9), 50.0, 50.0, 0.8, 8.0, score=0.7, z=12.0)
+    tracks = merged(cells, voxel=(2.0, 1.0, 1.0))
+    assert lineage_of(tracks) == {1: (0, 8, -1)}
+    late = tracks[tracks["t"] >= 3]
+    assert (late["z"] == 10.0).all() and (late["radius"] == RADIUS + 4.0).all()
+
+
+@pytest.mark.parametrize("values", [{"split_persistence": -1}, {"split_ridge": 1.5}, {"split_ridge": -0.1}])
+def test_lineage_params_refuse_a_negative_persistence_and_a_ridge_outside_0_1(values):
+    with pytest.raises(ValueError, match="split_persistence"):
+        LineageParams(**values)
 
 
 def test_a_sister_dividing_within_the_run_is_left_alone():

@@ -37,10 +37,11 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
     """``tracks`` (lineage.TRACK_COLUMNS) with split cells merged (module docstring).
 
     ``detections`` is indexed by ``cell_id`` and has ``score``, ``ridge`` and ``ridge_distance``
-    columns; without them, or with ``persistence`` 0, the tracks are returned unchanged. Track ids are
+    columns; without them, or with ``persistence`` 0, the tracks are returned unchanged. Every
+    merge re-examines the mother and her own mother, whose daughters it may have changed. Track ids are
     renumbered 1, 2, ... in order of first frame when a merge removed any.
     """
-    if persistence < 1 or not {"ridge", "ridge_distance"} <= set(detections.columns) or tracks.empty:
+    if persistence < 1 or not {"score", "ridge", "ridge_distance"} <= set(detections.columns) or tracks.empty:
         return tracks
     tracks = tracks.sort_values(["track_id", "t"], ignore_index=True)
     points = scaled_positions(tracks, tuple(voxel_size))
@@ -54,12 +55,15 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
         run, evidence = _joined_frames(tracks, points, detections, *children, min_ridge)
         if evidence < persistence or _divides_within(tracks, children, run[-1]):
             continue
-        tracks = _merge(tracks, detections, mother, children, run)
+        tracks = _merge(tracks, points, detections, mother, children, run)
         points = scaled_positions(tracks, tuple(voxel_size))
         merged += 1
         log.info("track %d: its daughters %s are one cell split by the detector in frames %d-%d; merged",
                  mother, [int(c) for c in children], run[0], run[-1])
-        mothers.insert(0, mother)  # her children may have changed: a tail's own division
+        grandmother = int(tracks.loc[tracks["track_id"] == mother, "parent_track_id"].iloc[0])
+        # Her children may have changed (a tail's own division), and so may her mother's: a
+        # daughter that ended by dividing may now go on as one cell.
+        mothers[:0] = [mother] + ([grandmother] if grandmother >= 0 else [])
     if merged:
         log.info("%d division(s) merged back into one cell (split by the detector)", merged)
     return _renumbered(tracks) if merged else tracks
@@ -82,7 +86,7 @@ def _joined_frames(tracks: pd.DataFrame, points: np.ndarray, detections: pd.Data
             break
         frame = np.flatnonzero(tracks["t"].to_numpy() == t)
         distance = float(np.linalg.norm(points[a] - points[b]))
-        if (distance >= tracks.at[a, "radius"] + tracks.at[b, "radius"]
+        if (not distance < tracks.at[a, "radius"] + tracks.at[b, "radius"]  # False for a NaN radius
                 or _nearest(points, frame, a) != b or _nearest(points, frame, b) != a):
             break
         cells = [tracks.at[a, "cell_id"], tracks.at[b, "cell_id"]]
@@ -115,8 +119,8 @@ def _nearest(points: np.ndarray, frame: np.ndarray, row: int) -> int:
     return int(others[np.argmin(np.linalg.norm(points[others] - points[row], axis=1))])
 
 
-def _merge(tracks: pd.DataFrame, detections: pd.DataFrame, mother: int, children: Sequence[int],
-           run: list[int]) -> pd.DataFrame:
+def _merge(tracks: pd.DataFrame, points: np.ndarray, detections: pd.DataFrame, mother: int,
+           children: Sequence[int], run: list[int]) -> pd.DataFrame:
     """One cell of ``mother`` per frame of ``run`` in place of the two sisters; tails re-parented."""
     in_run = tracks["track_id"].isin(children) & tracks["t"].isin(run)
     pairs = tracks[in_run].sort_values(["t", "track_id"])
@@ -125,7 +129,7 @@ def _merge(tracks: pd.DataFrame, detections: pd.DataFrame, mother: int, children
     for t, pair in pairs.groupby("t"):
         a, b = pair.iloc[0], pair.iloc[1]
         stronger = a if _score(detections, a.cell_id) >= _score(detections, b.cell_id) else b
-        half = 0.5 * float(np.hypot(a.y - b.y, a.x - b.x))
+        half = 0.5 * float(np.linalg.norm(points[pair.index[0]] - points[pair.index[1]]))  # xy px, z scaled
         cells.append({"t": t, "cell_id": stronger.cell_id, "track_id": mother, "parent_track_id": grandparent,
                       "z": (a.z + b.z) / 2, "y": (a.y + b.y) / 2, "x": (a.x + b.x) / 2,
                       "radius": max(a.radius, b.radius) + half})

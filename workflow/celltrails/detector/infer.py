@@ -7,17 +7,19 @@ a cell on a tile seam is reported once; a final suppression removes peaks closer
 ``min_distance`` (z scaled by the voxel size), keeping the higher score. For a network whose
 output is local, an overlap of at least twice its context plus the peak neighbourhood makes the
 result independent of the tiling (exactly so in the tests; CellDetector's GroupNorm statistics are
-per tile, so its maps still vary slightly with the tile). Memory is bounded by two frames, one
+per tile, so its maps still vary slightly with the tile; the ridge below is read inside one tile, so
+a peak whose nearest neighbour lies beyond the tile's overlap gets none). Memory is bounded by two frames, one
 batch of tiles and the detections found, never by the length of the series.
 
 Each peak also gets its **ridge**: with its nearest peak, when the two are closer than the sum of
 their radii, the lowest centre confidence on the segment between them over the lower of the two
-peaks, and the distance to that peak, ``ridge_distance`` (xy pixels, z scaled), which tells whom
-the ridge joins it to (that peak may be one the threshold drops later); 0 and NaN without such a
-neighbour. The network is taught one Gaussian per cell, so its map falls towards 0 between two
-cells and stays up between two peaks inside one nucleus (0.19-0.93 on Fluo-N2DH-GOWT1 02; between
-distinct nuclei of Fluo-N2DH-SIM+ 02 median 0.01, 5 % above 0.40); the lineage uses it, with
-persistence over frames, to tell a cell split by the detector from two daughters
+peaks, and the distance to that peak, ``ridge_distance`` (xy pixels, z scaled), which tells whom the
+ridge joins it to (that peak may be one the threshold drops later); 0 and NaN without such a
+neighbour. Partners exclude a peak the suppression below drops and a false maximum where a tile edge
+inside the frame cuts a slope. The network is taught one Gaussian per cell, so its map falls towards
+0 between two cells and stays up between two peaks inside one nucleus (0.19-0.93 on Fluo-N2DH-GOWT1
+02; between distinct nuclei of Fluo-N2DH-SIM+ 02 median 0.01, the top 5 % 0.40-0.65); the lineage
+uses it, with persistence over frames, to tell a cell split by the detector from two daughters
 (``celltrails.split_cells``).
 
 Output columns (``detections.parquet``): ``t, z, y, x, score, radius, division_prob, ridge,
@@ -247,11 +249,13 @@ def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
 
 @dataclass(frozen=True)
 class PeakSettings:
-    """Peak finding: logit threshold, max-filter half-widths (z, y, x) in voxels, z voxel / xy voxel."""
+    """Peak finding: logit threshold, max-filter half-widths (z, y, x) in voxels, voxel size over the
+    x voxel size (for distances in x pixels) and the suppression distance (:func:`suppress_close`)."""
 
     logit_threshold: float
     radius: tuple[int, int, int]
-    z_scale: float = 1.0
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    min_distance: float = 1.0
 
     @classmethod
     def make(cls, threshold: float, min_distance: float, voxel_size: Sequence[float], is_3d: bool
@@ -263,7 +267,8 @@ class PeakSettings:
             raise ValueError(f"min_distance must be positive, not {min_distance}")
         r_xy = max(1, round(min_distance / 2))
         r_z = max(1, round(r_xy * voxel_size[2] / voxel_size[0])) if is_3d else 0
-        return cls(math.log(threshold / (1.0 - threshold)), (r_z, r_xy, r_xy), float(voxel_size[0] / voxel_size[2]))
+        scale = tuple(float(v) / float(voxel_size[2]) for v in voxel_size)
+        return cls(math.log(threshold / (1.0 - threshold)), (r_z, r_xy, r_xy), scale, float(min_distance))
 
 
 @dataclass(frozen=True)
@@ -310,8 +315,13 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
     lo = torch.as_tensor(grid.core_lo[list(indices)], device=local.device)
     hi = torch.as_tensor(grid.core_hi[list(indices)], device=local.device)
     owned = ((local >= lo[b]) & (local < hi[b])).all(dim=1)
-    ridge, ridge_distance = tile_ridges(center, b.cpu().numpy(), local.cpu().numpy(),
-                        out["radius"][b, 0, z, y, x].float().cpu().numpy(), owned.cpu().numpy(), settings.z_scale)
+    tile, where = b.cpu().numpy(), local.cpu().numpy()
+    start, valid = grid.starts[list(indices)][tile], np.asarray(grid.valid)
+    inner_edge = ((where == 0) & (start > 0)) | ((where == valid - 1) & (start + valid < grid.shape))
+    on_seam = inner_edge.any(axis=1)
+    ridge, ridge_distance = tile_ridges(center, tile, where, out["radius"][b, 0, z, y, x].float().cpu().numpy(),
+                                        torch.sigmoid(center[b, 0, z, y, x]).float().cpu().numpy(),
+                                        owned.cpu().numpy(), on_seam, settings)
     b, z, y, x, local = b[owned], z[owned], y[owned], x[owned], local[owned]
     starts = torch.as_tensor(grid.starts[list(indices)], device=local.device)
     embedding = out["embedding"].permute(0, 2, 3, 4, 1)[b, z, y, x]
@@ -323,32 +333,42 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
 
 
 def tile_ridges(center: torch.Tensor, tile: np.ndarray, position: np.ndarray, radius: np.ndarray,
-                owned: np.ndarray, z_scale: float) -> tuple[np.ndarray, np.ndarray]:
+                score: np.ndarray, owned: np.ndarray, on_seam: np.ndarray, settings: PeakSettings
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Ridge and ridge distance (module docstring) of each owned peak, to its nearest peak in the
-    same tile.
+    same tile among those inference keeps.
 
-    ``center``: (B, 1, Z, Y, X) logits; ``tile``, ``position`` (tile voxels), ``radius`` (xy voxels)
-    and ``owned``: every peak found in the batch, so a peak near a core edge still sees its
-    neighbour in the overlap.
+    ``center``: (B, 1, Z, Y, X) logits; ``tile``, ``position`` (tile voxels), ``radius`` (xy voxels),
+    ``score``, ``owned`` and ``on_seam`` describe every peak found in the batch, so a peak near a
+    core edge still sees its neighbour in the overlap. Not partners: a peak on a tile edge inside
+    the frame that the tile does not own (where the edge cuts a slope, the max filter makes a false
+    maximum), and a peak that :func:`suppress_close` will drop (a twin on a plateau).
     """
     ridge = np.zeros(len(tile), dtype=np.float32)
     ridge_distance = np.full(len(tile), np.nan, dtype=np.float32)
-    scale = np.array([z_scale, 1.0, 1.0])
+    scale = np.asarray(settings.scale)
     for b in np.unique(tile[owned]):
         members = np.flatnonzero(tile == b)
-        if len(members) < 2:
+        eligible = members[owned[members] | ~on_seam[members]]
+        peaks = pd.DataFrame(position[eligible], columns=["z", "y", "x"]).assign(score=score[eligible])
+        partners = eligible[suppress_close(peaks, settings.min_distance, settings.scale).index]
+        if len(partners) < 2:
             continue
-        points = position[members] * scale
-        distance, nearest = cKDTree(points).query(points, k=2)
+        points = position[partners] * scale
+        distance, nearest = cKDTree(points).query(position[members] * scale, k=2)
         prob = None
-        for i in np.flatnonzero(owned[members]):
-            j = nearest[i, 1]
-            if distance[i, 1] >= radius[members[i]] + radius[members[j]]:
+        for k, i in enumerate(members):
+            if not owned[i]:
+                continue
+            first_is_self = partners[nearest[k, 0]] == i
+            j = partners[nearest[k, 1]] if first_is_self else partners[nearest[k, 0]]
+            gap = distance[k, 1] if first_is_self else distance[k, 0]
+            if gap >= radius[i] + radius[j]:
                 continue
             if prob is None:
                 prob = torch.sigmoid(center[b, 0].float()).cpu().numpy()
-            ridge[members[i]] = segment_ridge(prob, position[members[i]], position[members[j]])
-            ridge_distance[members[i]] = distance[i, 1]
+            ridge[i] = segment_ridge(prob, position[i], position[j])
+            ridge_distance[i] = gap
     return ridge[owned], ridge_distance[owned]
 
 
@@ -650,7 +670,8 @@ def pick_device(requested_gpus: int, logger: logging.Logger | None = None) -> st
 def _check_table(table: pd.DataFrame) -> None:
     missing = [c for c in DETECTION_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"detections lack columns {missing}")
+        raise ValueError(f"detections lack columns {missing}; block files written by an older celltrails "
+                         "lack the ridge columns: rerun detection (snakemake --forcerun detect_block)")
 
 
 def write_detections(table: pd.DataFrame, path: str | Path) -> None:
