@@ -63,7 +63,8 @@ def merged(lineage: Lineage, persistence: int = 5, min_ridge: float = 0.2, voxel
 def lineage_of(tracks: pd.DataFrame) -> dict[int, tuple[int, int, int]]:
     """track id -> (first frame, last frame, parent track id), checking each track has one parent."""
     assert (tracks.groupby("track_id")["parent_track_id"].nunique() == 1).all(), "one parent per track"
-    spans = tracks.groupby("track_id").agg(first=("t", "min"), last=("t", "max"), parent=("parent_track_id", "first"))
+    spans = tracks.groupby("track_id").agg(first=("t", "min"), last=("t", "max"),
+                                           parent=("parent_track_id", "first"))
     return {int(k): (int(r["first"]), int(r["last"]), int(r["parent"])) for k, r in spans.iterrows()}
 
 
@@ -122,6 +123,11 @@ def test_a_frame_filled_into_a_gap_continues_the_run_without_counting():
     tracks = merged(cells, persistence=5)
     assert lineage_of(tracks) == {1: (0, 8, -1)}
     assert (tracks.loc[tracks["t"] == 5, "cell_id"] >= 0).all(), "the detected half stands for the frame"
+    stronger = Lineage()  # the filled frame in the half with the higher scores
+    stronger.add(1, -1, range(3), 50.0, 50.0)
+    stronger.add(2, 1, range(3, 9), 50.0, 46.0, 0.8, 8.0, score=0.6)
+    stronger.add(3, 1, range(3, 9), 50.0, 54.0, 0.8, 8.0, score=0.7, filled=(5,))
+    assert (merged(stronger).loc[lambda t: t["t"] == 5, "cell_id"] >= 0).all()
 
 
 def test_a_ridge_to_another_peak_does_not_join_the_sisters():

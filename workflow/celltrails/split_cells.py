@@ -12,11 +12,13 @@ their first 3 frames.
 Rule: a division whose two daughter tracks, in each of their first ``persistence`` frames, are
 each other's nearest cell, closer than the sum of their radii, and joined by a ridge of at least
 ``min_ridge`` (each one's ridge is to the other: its ``ridge_distance`` is their distance) is a
-split cell (a frame where a sister was filled into a gap has no ridge: it
-continues such a run without counting). Over the whole run of such
-frames the pair becomes one cell of the mother's track: the stronger detection's ``cell_id``, the
-midpoint, and a radius reaching over both. After the run, two tails stay the mother's daughters
-(the cell divides when its halves part), one tail continues the mother's track.
+split cell; a frame where a sister was filled into a gap has no ridge, so it continues such a run
+without counting. Over the whole run of such frames the pair becomes one cell of the mother's
+track: the stronger detection's ``cell_id``, the midpoint, and a radius reaching over both. After
+the run, two tails stay the mother's daughters (the cell divides when its halves part), one tail
+continues the mother's track. A division whose daughter ends by dividing within the run is left
+alone until that division is undone. Merges go in rounds (each merge may make its mother's or
+grandmother's division mergeable), one merge per track and round.
 """
 
 from __future__ import annotations
@@ -37,80 +39,94 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
     """``tracks`` (lineage.TRACK_COLUMNS) with split cells merged (module docstring).
 
     ``detections`` is indexed by ``cell_id`` and has ``score``, ``ridge`` and ``ridge_distance``
-    columns; without them, or with ``persistence`` 0, the tracks are returned unchanged. Every
-    merge re-examines the mother and her own mother, whose daughters it may have changed. Track ids are
-    renumbered 1, 2, ... in order of first frame when a merge removed any.
+    columns; without them, or with ``persistence`` 0, the tracks are returned unchanged. Track ids
+    are renumbered 1, 2, ... in order of first frame when a merge removed any.
     """
     if persistence < 1 or not {"score", "ridge", "ridge_distance"} <= set(detections.columns) or tracks.empty:
         return tracks
     tracks = tracks.sort_values(["track_id", "t"], ignore_index=True)
-    points = scaled_positions(tracks, tuple(voxel_size))
+    order = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
     merged = 0
-    mothers = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
-    while mothers:
-        mother = mothers.pop(0)
-        children = tracks.loc[tracks["parent_track_id"] == mother, "track_id"].unique()
-        if len(children) != 2:
-            continue
-        run, evidence = _joined_frames(tracks, points, detections, *children, min_ridge)
-        if evidence < persistence or _divides_within(tracks, children, run[-1]):
-            continue
-        tracks = _merge(tracks, points, detections, mother, children, run)
-        points = scaled_positions(tracks, tuple(voxel_size))
-        merged += 1
-        log.info("track %d: its daughters %s are one cell split by the detector in frames %d-%d; merged",
-                 mother, [int(c) for c in children], run[0], run[-1])
-        grandmother = int(tracks.loc[tracks["track_id"] == mother, "parent_track_id"].iloc[0])
-        # Her children may have changed (a tail's own division), and so may her mother's: a
-        # daughter that ended by dividing may now go on as one cell.
-        mothers[:0] = [mother] + ([grandmother] if grandmother >= 0 else [])
+    while True:  # rounds: each merge may make its mother's or grandmother's division mergeable
+        index = _Index(tracks, detections, voxel_size)
+        plans: list[tuple[int, list[int], list[int]]] = []
+        touched: set[int] = set()  # one merge per track and round, so merges never interfere
+        for mother in order:
+            children = index.children.get(mother, [])
+            if len(children) != 2 or touched & {mother, *children}:
+                continue
+            run, evidence = _joined_frames(index, *children, min_ridge)
+            if evidence < persistence or _divides_within(index, children, run[-1]):
+                continue
+            plans.append((mother, list(children), run))
+            touched |= {mother, *children}
+            log.info("track %d: its daughters %s are one cell split by the detector in frames %d-%d; merged",
+                     mother, [int(c) for c in children], run[0], run[-1])
+        if not plans:
+            break
+        tracks = _merge(tracks, index, detections, plans)
+        order = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
+        merged += len(plans)
     if merged:
         log.info("%d division(s) merged back into one cell (split by the detector)", merged)
     return _renumbered(tracks) if merged else tracks
 
 
-def _joined_frames(tracks: pd.DataFrame, points: np.ndarray, detections: pd.DataFrame, first: int,
-                   second: int, min_ridge: float) -> tuple[list[int], int]:
+class _Index:
+    """Rows of each track and frame, each track's child tracks, and per row the scaled position,
+    frame, radius and ridge (one pass over the table, so examining a division costs its own
+    cells, not the whole table)."""
+
+    def __init__(self, tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size: Sequence[float]) -> None:
+        self.points = scaled_positions(tracks, tuple(voxel_size))
+        self.t = tracks["t"].to_numpy()
+        self.radius = tracks["radius"].to_numpy(float)
+        cells = tracks["cell_id"].to_numpy()
+        self.detected = cells >= 0
+        ridges = detections[["ridge", "ridge_distance"]].reindex(np.where(self.detected, cells, -1))
+        self.ridge = ridges["ridge"].to_numpy(float)
+        self.ridge_distance = ridges["ridge_distance"].to_numpy(float)
+        self.rows = tracks.groupby("track_id").indices
+        self.frames = tracks.groupby("t").indices
+        heads = tracks.drop_duplicates("track_id")
+        self.children = heads[heads["parent_track_id"] >= 0].groupby("parent_track_id")["track_id"].apply(list)
+
+
+def _joined_frames(index: _Index, first: int, second: int, min_ridge: float) -> tuple[list[int], int]:
     """Frames, from the sisters' start on, in which the two are one split cell (module docstring),
     and how many of them show the ridge: a frame where one sister was filled into a gap has no
     ridge to read, so it continues the run (positions permitting) without counting."""
-    rows_a = tracks.index[tracks["track_id"] == first]
-    rows_b = tracks.index[tracks["track_id"] == second]
-    by_frame_b = dict(zip(tracks.loc[rows_b, "t"], rows_b))
+    points = index.points
+    by_frame_b = dict(zip(index.t[index.rows[second]], index.rows[second]))
     frames: list[int] = []
-    evidence: list[int] = []
-    for a in rows_a:
-        t = int(tracks.at[a, "t"])
+    evidence: list[bool] = []
+    for a in index.rows[first]:
+        t = int(index.t[a])
         b = by_frame_b.get(t)
         if b is None or (frames and t != frames[-1] + 1):
             break
-        frame = np.flatnonzero(tracks["t"].to_numpy() == t)
+        frame = index.frames[t]
         distance = float(np.linalg.norm(points[a] - points[b]))
-        if (not distance < tracks.at[a, "radius"] + tracks.at[b, "radius"]  # False for a NaN radius
+        if (not distance < index.radius[a] + index.radius[b]  # a NaN radius breaks the run
                 or _nearest(points, frame, a) != b or _nearest(points, frame, b) != a):
             break
-        cells = [tracks.at[a, "cell_id"], tracks.at[b, "cell_id"]]
-        detected = min(cells) >= 0
-        if detected and not _joined(detections.loc[cells], distance, min_ridge):
+        detected = bool(index.detected[a] and index.detected[b])
+        if detected and not all(_ridge_to(index, r, distance, min_ridge) for r in (a, b)):
             break
         frames.append(t)
         evidence.append(detected)
     return frames, sum(evidence)
 
 
-def _joined(pair: pd.DataFrame, distance: float, min_ridge: float) -> bool:
-    """Whether both cells' ridges reach ``min_ridge`` and run to a peak at the pair's distance."""
-    to_each_other = np.isclose(pair["ridge_distance"].to_numpy(float), distance, rtol=1e-3, atol=1e-3)
-    return bool(to_each_other.all() and (pair["ridge"].to_numpy(float) >= min_ridge).all())
+def _ridge_to(index: _Index, row: int, distance: float, min_ridge: float) -> bool:
+    """Whether the cell's ridge reaches ``min_ridge`` and runs to a peak ``distance`` away."""
+    return bool(index.ridge[row] >= min_ridge
+                and np.isclose(index.ridge_distance[row], distance, rtol=1e-3, atol=1e-3))
 
 
-def _divides_within(tracks: pd.DataFrame, children: Sequence[int], last: int) -> bool:
+def _divides_within(index: _Index, children: Sequence[int], last: int) -> bool:
     """Whether a sister ends by dividing within the run (its daughters would lose their mother)."""
-    for child in children:
-        ends_in_run = tracks.loc[tracks["track_id"] == child, "t"].max() <= last
-        if ends_in_run and (tracks["parent_track_id"] == child).any():
-            return True
-    return False
+    return any(index.t[index.rows[child]].max() <= last and child in index.children for child in children)
 
 
 def _nearest(points: np.ndarray, frame: np.ndarray, row: int) -> int:
@@ -119,32 +135,46 @@ def _nearest(points: np.ndarray, frame: np.ndarray, row: int) -> int:
     return int(others[np.argmin(np.linalg.norm(points[others] - points[row], axis=1))])
 
 
-def _merge(tracks: pd.DataFrame, points: np.ndarray, detections: pd.DataFrame, mother: int,
-           children: Sequence[int], run: list[int]) -> pd.DataFrame:
-    """One cell of ``mother`` per frame of ``run`` in place of the two sisters; tails re-parented."""
-    in_run = tracks["track_id"].isin(children) & tracks["t"].isin(run)
-    pairs = tracks[in_run].sort_values(["t", "track_id"])
-    grandparent = int(tracks.loc[tracks["track_id"] == mother, "parent_track_id"].iloc[0])
-    cells = []
-    for t, pair in pairs.groupby("t"):
-        a, b = pair.iloc[0], pair.iloc[1]
-        stronger = a if _score(detections, a.cell_id) >= _score(detections, b.cell_id) else b
-        half = 0.5 * float(np.linalg.norm(points[pair.index[0]] - points[pair.index[1]]))  # xy px, z scaled
-        cells.append({"t": t, "cell_id": stronger.cell_id, "track_id": mother, "parent_track_id": grandparent,
-                      "z": (a.z + b.z) / 2, "y": (a.y + b.y) / 2, "x": (a.x + b.x) / 2,
-                      "radius": max(a.radius, b.radius) + half})
-    tracks = pd.concat([tracks[~in_run], pd.DataFrame(cells).astype(tracks.dtypes)], ignore_index=True)
-    tails = [c for c in children if (tracks["track_id"] == c).any()]
-    if len(tails) == 1:  # the cell goes on as one: the tail is the mother's track, its children hers
-        tail = tracks["track_id"] == tails[0]
-        tracks.loc[tail, ["track_id", "parent_track_id"]] = [mother, grandparent]
-        tracks.loc[tracks["parent_track_id"] == tails[0], "parent_track_id"] = mother
-    return tracks.sort_values(["track_id", "t"], ignore_index=True)
+def _merge(tracks: pd.DataFrame, index: _Index, detections: pd.DataFrame,
+           plans: Sequence[tuple[int, list[int], list[int]]]) -> pd.DataFrame:
+    """For each (mother, children, run): one cell of the mother per frame of the run in place of
+    the two sisters (the stronger detection's id, the midpoint, a radius over both); a single tail
+    continues the mother's track. One pass over the table for all plans."""
+    frames = tracks["t"].to_numpy()
+    parent_of = tracks.drop_duplicates("track_id").set_index("track_id")["parent_track_id"]
+    first, second, track, parent, renamed = [], [], [], [], {}
+    for mother, children, run in plans:
+        rows = [index.rows[c][np.isin(frames[index.rows[c]], run)] for c in children]  # in frame order
+        first.append(rows[0])
+        second.append(rows[1])
+        track.append(np.full(len(run), mother))
+        parent.append(np.full(len(run), parent_of[mother]))
+        tails = [c for c in children if len(index.rows[c]) > len(run)]
+        if len(tails) == 1:  # the cell goes on as one: the tail is the mother's track, its children hers
+            renamed[tails[0]] = (mother, int(parent_of[mother]))
+    a, b = np.concatenate(first), np.concatenate(second)
+    cell = tracks["cell_id"].to_numpy()
+    stronger = np.where(_scores(detections, cell[a]) >= _scores(detections, cell[b]), a, b)
+    half = 0.5 * np.linalg.norm(index.points[a] - index.points[b], axis=1)  # xy px, z scaled
+    values = {c: tracks[c].to_numpy(float) for c in ("z", "y", "x", "radius")}
+    cells = pd.DataFrame({"t": frames[a], "cell_id": cell[stronger], "track_id": np.concatenate(track),
+                          "parent_track_id": np.concatenate(parent),
+                          **{c: (values[c][a] + values[c][b]) / 2 for c in ("z", "y", "x")},
+                          "radius": np.maximum(values["radius"][a], values["radius"][b]) + half})
+    tracks = tracks.drop(index=np.concatenate([a, b]))
+    if renamed:
+        tail = tracks["track_id"].isin(list(renamed)).to_numpy()
+        mother, grandparent = zip(*(renamed[t] for t in tracks.loc[tail, "track_id"]))
+        tracks.loc[tail, "track_id"] = mother
+        tracks.loc[tail, "parent_track_id"] = grandparent
+        tracks["parent_track_id"] = tracks["parent_track_id"].replace({k: m for k, (m, _) in renamed.items()})
+    return pd.concat([tracks, cells.astype(tracks.dtypes)], ignore_index=True).sort_values(
+        ["track_id", "t"], ignore_index=True)
 
 
-def _score(detections: pd.DataFrame, cell_id: int) -> float:
-    """A detected cell's centre score; -inf for a cell filled into a gap (negative id)."""
-    return float(detections.at[cell_id, "score"]) if cell_id >= 0 else -np.inf
+def _scores(detections: pd.DataFrame, cell_ids: np.ndarray) -> np.ndarray:
+    """Detected cells' centre scores; -inf for cells filled into a gap (negative ids)."""
+    return np.where(cell_ids >= 0, detections["score"].reindex(cell_ids).to_numpy(float), -np.inf)
 
 
 def _renumbered(tracks: pd.DataFrame) -> pd.DataFrame:
