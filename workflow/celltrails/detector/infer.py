@@ -8,8 +8,8 @@ a cell on a tile seam is reported once; a final suppression removes peaks closer
 output is local, an overlap of at least twice its context plus the peak neighbourhood makes the
 result independent of the tiling (exactly so in the tests; CellDetector's GroupNorm statistics are
 per tile, so its maps still vary slightly with the tile; the ridge below is read inside one tile, so
-a peak whose nearest neighbour lies beyond the tile's overlap gets none). Memory is bounded by two frames, one
-batch of tiles and the detections found, never by the length of the series.
+a peak whose nearest neighbour lies beyond the tile's overlap gets none). Memory is bounded by two
+frames, one batch of tiles and the detections found, never by the length of the series.
 
 Each peak also gets its **ridge**: with its nearest peak, when the two are closer than the sum of
 their radii, the lowest centre confidence on the segment between them over the lower of the two
@@ -319,9 +319,10 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
     start, valid = grid.starts[list(indices)][tile], np.asarray(grid.valid)
     inner_edge = ((where == 0) & (start > 0)) | ((where == valid - 1) & (start + valid < grid.shape))
     on_seam = inner_edge.any(axis=1)
-    ridge, ridge_distance = tile_ridges(center, tile, where, out["radius"][b, 0, z, y, x].float().cpu().numpy(),
-                                        torch.sigmoid(center[b, 0, z, y, x]).float().cpu().numpy(),
-                                        owned.cpu().numpy(), on_seam, settings)
+    peak_radius = out["radius"][b, 0, z, y, x].float().cpu().numpy()
+    peak_score = torch.sigmoid(center[b, 0, z, y, x]).float().cpu().numpy()
+    ridge, ridge_distance = tile_ridges(center, tile, where, peak_radius, peak_score, owned.cpu().numpy(),
+                                        on_seam, settings)
     b, z, y, x, local = b[owned], z[owned], y[owned], x[owned], local[owned]
     starts = torch.as_tensor(grid.starts[list(indices)], device=local.device)
     embedding = out["embedding"].permute(0, 2, 3, 4, 1)[b, z, y, x]
