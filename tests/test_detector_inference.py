@@ -141,53 +141,6 @@ def test_each_peak_is_kept_only_by_the_tile_that_owns_it():
     assert peaks.embedding.tolist() == [[0.0, 24.0, 40.0]], "values must be read at the peak voxel"
 
 
-def blob_probability(y: np.ndarray, x: np.ndarray, blobs: list[tuple[float, float, float, float]]) -> np.ndarray:
-    """Sum of Gaussians (y, x, sigma, peak), a smooth stand-in for the network's centre map."""
-    total = sum(p * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / (2 * s * s)) for by, bx, s, p in blobs)
-    return np.clip(total, 1e-4, 0.99)
-
-
-def test_the_ridge_tells_two_peaks_of_one_nucleus_from_two_cells():
-    # Peaks 6 px apart, radius 4 (closer than 4 + 4): broad Gaussians (sigma 2.5) are joined by a
-    # ridge, narrow ones (sigma 1.2) have a valley near 0.1 of the peaks; a pair 10 px apart is
-    # farther than its radii and has no ridge however broad; a lone peak has none.
-    blobs = [(16, 21, 2.5, 0.6), (16, 27, 2.5, 0.5), (16, 45, 1.2, 0.9), (16, 51, 1.2, 0.9), (48, 10, 3.0, 0.9),
-             (48, 20, 3.0, 0.9), (48, 50, 1.2, 0.9)]
-    prob = blob_probability(*np.indices((64, 64), dtype=np.float64), blobs)
-    center = torch.from_numpy(np.log(prob / (1 - prob)).astype(np.float32))[None, None, None]
-    maps = {"center": center, "radius": torch.full_like(center, 4.0), "division": torch.cat([center, center], 1),
-            "embedding": torch.zeros(1, 2, 1, 64, 64)}
-    settings = PeakSettings.make(0.3, 3.0, (1.0, 1.0, 1.0), is_3d=False)
-    whole = find_peaks(maps, plan_tiles((1, 64, 64), (1, 64, 64), (0, 0, 0), (1, 8, 8)), [0], settings)
-    ridge = {tuple(p[1:]): float(r) for p, r in zip(whole.position.tolist(), whole.ridge)}
-    partner = {tuple(p[1:]): float(d) for p, d in zip(whole.position.tolist(), whole.ridge_distance)}
-    assert len(ridge) == len(blobs)
-
-    def expected(a: tuple[int, int], b: tuple[int, int]) -> float:  # on the continuous map, densely
-        s = np.linspace(0, 1, 4001)
-        values = blob_probability(a[0] + s * (b[0] - a[0]), a[1] + s * (b[1] - a[1]), blobs)
-        return values.min() / min(values[0], values[-1])
-
-    (broad_a, broad_b), (narrow_a, narrow_b) = sorted(p for p in ridge if p[0] == 16)[:2], sorted(
-        p for p in ridge if p[0] == 16)[2:]
-    assert ridge[broad_a] == ridge[broad_b] == pytest.approx(expected(broad_a, broad_b), abs=0.02)
-    assert expected(broad_a, broad_b) > 0.5
-    assert ridge[narrow_a] == ridge[narrow_b] == pytest.approx(expected(narrow_a, narrow_b), abs=0.02)
-    assert expected(narrow_a, narrow_b) < 0.15
-    assert [r for p, r in ridge.items() if p[0] == 48] == [0.0, 0.0, 0.0]
-    for a, b in ((broad_a, broad_b), (narrow_a, narrow_b)):  # each ridge says whom it joins
-        assert partner[a] == partner[b] == pytest.approx(np.hypot(a[0] - b[0], a[1] - b[1]))
-    assert all(np.isnan(d) for p, d in partner.items() if p[0] == 48)
-    # Tiles whose seam (x = 24) runs between the broad pair: each half is owned by another tile
-    # and still finds its partner in the overlap.
-    grid = plan_tiles((1, 64, 64), (1, 32, 32), (0, 16, 16), (1, 8, 8))
-    out = {key: torch.cat([value[:, :, :, y:y + 32, x:x + 32] for _, y, x in grid.starts])
-           for key, value in maps.items()}
-    tiled = find_peaks(out, grid, range(len(grid)), settings)
-    assert {tuple(p[1:]): float(r) for p, r in zip(tiled.position.tolist(), tiled.ridge)} == pytest.approx(ridge)
-
-
-
 def ridges_of(blobs, shape=(64, 64), radius=None, tile=None, overlap=0, voxel=(1.0, 1.0, 1.0), is_3d=False,
               min_distance: float = 3.0):
     """{(z, y, x): (ridge, ridge_distance)} of the peaks found (and then suppressed, as in inference)
@@ -214,6 +167,38 @@ def gaussians(*blobs, scale=(1.0, 1.0, 1.0)):
     """Sum of Gaussians (z, y, x, sigma, peak) in physical units (z scaled)."""
     return lambda z, y, x: sum(p * np.exp(-((scale[0] * (z - bz)) ** 2 + (y - by) ** 2 + (x - bx) ** 2) / (2 * s * s))
                                for bz, by, bx, s, p in blobs)
+
+
+def test_the_ridge_tells_two_peaks_of_one_nucleus_from_two_cells():
+    # Peaks 6 px apart, radius 4 (closer than 4 + 4): broad Gaussians (sigma 2.5) are joined by a
+    # ridge, narrow ones (sigma 1.2) have a valley near 0.1 of the peaks; a pair 10 px apart is
+    # farther than its radii and has no ridge however broad; a lone peak has none.
+    blobs = gaussians((0, 16, 21, 2.5, 0.6), (0, 16, 27, 2.5, 0.5), (0, 16, 45, 1.2, 0.9), (0, 16, 51, 1.2, 0.9),
+                      (0, 48, 10, 3.0, 0.9), (0, 48, 20, 3.0, 0.9), (0, 48, 50, 1.2, 0.9))
+    whole = ridges_of(blobs)
+    ridge = {p[1:]: r for p, (r, _) in whole.items()}
+    partner = {p[1:]: d for p, (_, d) in whole.items()}
+    assert len(ridge) == 7
+
+    def expected(a: tuple[int, int], b: tuple[int, int]) -> float:  # on the continuous map, densely
+        s = np.linspace(0, 1, 4001)
+        values = np.clip(blobs(0.0, a[0] + s * (b[0] - a[0]), a[1] + s * (b[1] - a[1])), 1e-4, 0.99)
+        return values.min() / min(values[0], values[-1])
+
+    (broad_a, broad_b), (narrow_a, narrow_b) = sorted(p for p in ridge if p[0] == 16)[:2], sorted(
+        p for p in ridge if p[0] == 16)[2:]
+    assert ridge[broad_a] == ridge[broad_b] == pytest.approx(expected(broad_a, broad_b), abs=0.02)
+    assert expected(broad_a, broad_b) > 0.5
+    assert ridge[narrow_a] == ridge[narrow_b] == pytest.approx(expected(narrow_a, narrow_b), abs=0.02)
+    assert expected(narrow_a, narrow_b) < 0.15
+    assert [r for p, r in ridge.items() if p[0] == 48] == [0.0, 0.0, 0.0]
+    for a, b in ((broad_a, broad_b), (narrow_a, narrow_b)):  # each ridge says whom it joins
+        assert partner[a] == partner[b] == pytest.approx(np.hypot(a[0] - b[0], a[1] - b[1]))
+    assert all(np.isnan(d) for p, d in partner.items() if p[0] == 48)
+    # Tiles whose seam (x = 24) runs between the broad pair: each half is owned by another tile
+    # and still finds its partner in the overlap.
+    tiled = ridges_of(blobs, tile=32, overlap=16)
+    assert {p: r for p, (r, _) in tiled.items()} == pytest.approx({p: r for p, (r, _) in whole.items()})
 
 
 def test_the_ridge_gate_is_the_sum_of_the_two_radii():
