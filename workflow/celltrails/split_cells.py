@@ -45,13 +45,12 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
     if persistence < 1 or not {"score", "ridge", "ridge_distance"} <= set(detections.columns) or tracks.empty:
         return tracks
     tracks = tracks.sort_values(["track_id", "t"], ignore_index=True)
-    order = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
     merged = 0
     while True:  # rounds: each merge may make its mother's or grandmother's division mergeable
         index = _Index(tracks, detections, voxel_size)
         plans: list[tuple[int, list[int], list[int]]] = []
         touched: set[int] = set()  # one merge per track and round, so merges never interfere
-        for mother in order:
+        for mother in index.by_last_frame:
             children = index.children.get(mother, [])
             if len(children) != 2 or touched & {mother, *children}:
                 continue
@@ -65,7 +64,6 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
         if not plans:
             break
         tracks = _merge(tracks, index, detections, plans)
-        order = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
         merged += len(plans)
     if merged:
         log.info("%d division(s) merged back into one cell (split by the detector)", merged)
@@ -73,9 +71,9 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
 
 
 class _Index:
-    """Rows of each track and frame, each track's child tracks, and per row the scaled position,
-    frame, radius and ridge (one pass over the table, so examining a division costs its own
-    cells, not the whole table)."""
+    """Rows of each track and frame, each track's parent and child tracks, the tracks in order of
+    their last frame, and per row the scaled position, frame, radius and ridge (one pass over the
+    table, so examining a division costs its own cells, not the whole table)."""
 
     def __init__(self, tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size: Sequence[float]) -> None:
         self.points = scaled_positions(tracks, tuple(voxel_size))
@@ -89,7 +87,9 @@ class _Index:
         self.rows = tracks.groupby("track_id").indices
         self.frames = tracks.groupby("t").indices
         heads = tracks.drop_duplicates("track_id")
+        self.parent = heads.set_index("track_id")["parent_track_id"]
         self.children = heads[heads["parent_track_id"] >= 0].groupby("parent_track_id")["track_id"].apply(list)
+        self.by_last_frame = list(tracks.groupby("track_id")["t"].max().sort_values(kind="stable").index)
 
 
 def _joined_frames(index: _Index, first: int, second: int, min_ridge: float) -> tuple[list[int], int]:
@@ -140,8 +140,7 @@ def _merge(tracks: pd.DataFrame, index: _Index, detections: pd.DataFrame,
     """For each (mother, children, run): one cell of the mother per frame of the run in place of
     the two sisters (the stronger detection's id, the midpoint, a radius over both); a single tail
     continues the mother's track. One pass over the table for all plans."""
-    frames = tracks["t"].to_numpy()
-    parent_of = tracks.drop_duplicates("track_id").set_index("track_id")["parent_track_id"]
+    frames, parent_of = index.t, index.parent
     first, second, track, parent, renamed = [], [], [], [], {}
     for mother, children, run in plans:
         rows = [index.rows[c][np.isin(frames[index.rows[c]], run)] for c in children]  # in frame order

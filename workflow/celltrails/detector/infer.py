@@ -315,20 +315,16 @@ def find_peaks(out: dict[str, torch.Tensor], grid: TileGrid, indices: Sequence[i
     lo = torch.as_tensor(grid.core_lo[list(indices)], device=local.device)
     hi = torch.as_tensor(grid.core_hi[list(indices)], device=local.device)
     owned = ((local >= lo[b]) & (local < hi[b])).all(dim=1)
-    tile, where = b.cpu().numpy(), local.cpu().numpy()
+    # Every peak found (owned or not) feeds the ridges; the table keeps the owned ones.
+    tile, where, mine = b.cpu().numpy(), local.cpu().numpy(), owned.cpu().numpy()
     start, valid = grid.starts[list(indices)][tile], np.asarray(grid.valid)
     inner_edge = ((where == 0) & (start > 0)) | ((where == valid - 1) & (start + valid < grid.shape))
-    on_seam = inner_edge.any(axis=1)
-    peak_radius = out["radius"][b, 0, z, y, x].float().cpu().numpy()
-    peak_score = torch.sigmoid(center[b, 0, z, y, x]).float().cpu().numpy()
-    ridge, ridge_distance = tile_ridges(center, tile, where, peak_radius, peak_score, owned.cpu().numpy(),
-                                        on_seam, settings)
-    b, z, y, x, local = b[owned], z[owned], y[owned], x[owned], local[owned]
-    starts = torch.as_tensor(grid.starts[list(indices)], device=local.device)
+    radius = out["radius"][b, 0, z, y, x].float().cpu().numpy()
+    score = torch.sigmoid(center[b, 0, z, y, x]).float().cpu().numpy()
+    ridge, ridge_distance = tile_ridges(center, tile, where, radius, score, mine, inner_edge.any(axis=1), settings)
+    b, z, y, x = b[owned], z[owned], y[owned], x[owned]
     embedding = out["embedding"].permute(0, 2, 3, 4, 1)[b, z, y, x]
-    return Peaks(position=(local + starts[b]).cpu().numpy().astype(np.int64),
-                 score=torch.sigmoid(center[b, 0, z, y, x]).cpu().numpy(),
-                 radius=out["radius"][b, 0, z, y, x].cpu().numpy(),
+    return Peaks(position=(where + start)[mine].astype(np.int64), score=score[mine], radius=radius[mine],
                  division=torch.sigmoid(out["division"][b, 0, z, y, x]).cpu().numpy(),
                  ridge=ridge, ridge_distance=ridge_distance, embedding=embedding.cpu().numpy())
 
