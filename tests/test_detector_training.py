@@ -21,7 +21,7 @@ from celltrails.detector.losses import (
 from celltrails.detector.model import DetectorConfig
 from celltrails.detector.sampling import Augmentation, CropSampler, Source, TrainingDataset, collate
 from celltrails.detector.targets import FramePoints, division_flags, embedding_relations, render_pass_targets
-from celltrails.detector.train import ema_decay, evaluate_frames, train_detector
+from celltrails.detector.train import ema_decay, evaluate_frames, plateau_threshold, train_detector
 from celltrails.ome_zarr_io import create_image_store
 from celltrails.synthetic import generate_series, load_params
 
@@ -295,7 +295,9 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     calibration = meta["training"]["threshold_calibration"]
     assert meta["threshold"] == calibration["threshold"] and calibration["frames"] == 3
     by_threshold = calibration["f1_by_threshold"]
-    assert calibration["f1"] == max(by_threshold.values()) >= by_threshold["0.50"]
+    low, high = calibration["plateau"]
+    assert calibration["f1"] == by_threshold[f"{meta['threshold']:.2f}"] and low <= meta["threshold"] <= high
+    assert by_threshold[f"{low:.2f}"] >= max(by_threshold.values()) - 2 / (calibration["tp"] + calibration["fn"])
     held_out = evaluate_frames(model, source, [3, 4, 5], threshold=meta["threshold"])
     assert held_out["f1"] == pytest.approx(calibration["f1"])  # the same frames, matcher and threshold
     # A checkpoint saved without a calibration gets the same one afterwards.
@@ -305,6 +307,20 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     assert load_checkpoint(checkpoint)[1]["threshold"] == 0.5
     assert calibrate_checkpoint(checkpoint, *dataset[:2]) == calibration
     assert load_checkpoint(checkpoint)[1]["threshold"] == calibration["threshold"]
+
+
+def test_the_calibrated_threshold_is_the_middle_of_the_near_best_plateau():
+    # F1 by threshold 0.05 .. 0.40 of a SIM+ detector that calibrated 0.05 by its best point
+    # (446 validation cells): 0.05-0.30 lie within two cells of the best, so 0.20 (the higher middle).
+    curve = [0.9944, 0.9921, 0.9921, 0.9921, 0.9910, 0.9910, 0.9887, 0.9829]
+    assert plateau_threshold(curve, 446) == (3, (0, 5))
+    # More cells make a narrower plateau; a lone peak is kept as it is.
+    assert plateau_threshold(curve, 4000) == (0, (0, 0))
+    assert plateau_threshold([0.5, 0.8, 0.99, 0.8, 0.5], 100) == (2, (2, 2))
+    # The plateau is the run around the best: a near-best threshold beyond a dip is not part of it.
+    assert plateau_threshold([0.99, 0.90, 0.985, 0.99, 0.989, 0.7], 100) == (3, (2, 4))
+    # An even plateau has two middles: the higher is kept.
+    assert plateau_threshold([0.9, 0.99, 0.99, 0.9], 1000) == (2, (1, 2))
 
 
 def test_ema_decay_spans_the_asked_fraction_of_the_steps():

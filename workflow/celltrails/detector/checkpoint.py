@@ -9,7 +9,7 @@ and never unpickles code. Keys: ``format``, ``version``, ``config`` (a
 training settings; ``training["working_radius"]`` is the median nucleus radius the network saw, in
 its input pixels, and ``training["datasets"][i]["binning"]`` how each training image was binned to
 get there, see :mod:`celltrails.detector.scale`; ``training["threshold_calibration"]`` the centre
-threshold that maximised F1 on the validation frames), ``metrics`` (validation results) and
+threshold chosen on the validation frames, the middle of the plateau of near-best F1), ``metrics`` (validation results) and
 ``voxel_size_trained`` (z, y, x in micrometres of the training data; None if unknown).
 """
 

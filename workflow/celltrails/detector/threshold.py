@@ -1,10 +1,11 @@
 """The centre threshold of one series: the checkpoint's calibrated one, or lower where the series'
 own centre peaks separate lower.
 
-Training calibrates the threshold on validation frames of its own sequence, where recall stays
-perfect up to the top of a plateau and then falls off a cliff; the calibration picks the edge of
-that cliff. On another sequence the network is less sure of itself and the cliff moves down, so
-the calibrated value drops real cells. Measured with detectors trained on the ``01`` sequences
+Training calibrates the threshold on validation frames of its own sequence, where F1 holds a
+plateau between background peaks below and missed cells above; the calibration keeps the middle
+of that plateau (:func:`celltrails.detector.train.plateau_threshold`). On another sequence the
+network is less sure of itself and the upper cliff moves down, so the calibrated value can drop
+real cells. Measured with detectors trained on the ``01`` sequences
 (CTC TRA of the ``02`` sequences, celltrails' linking): Fluo-N2DH-GOWT1 calibrated 0.70 gave TRA
 0.809, 0.44 gave 0.888; Fluo-N2DH-SIM+ 0.30 gave 0.939, 0.28 gave 0.948.
 
