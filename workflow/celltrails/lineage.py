@@ -10,8 +10,9 @@ detection threshold, ``candidate`` column) are kept only in a cell's chain of ga
 that also holds a detection: hysteresis in time, which follows a cell as it dims at the field's
 border or fades without admitting isolated weak peaks. Optionally, short isolated fragments (no
 parent, no children, not cut by the first or last frame) are dropped as spurious detections. Last,
-a division whose daughters stay joined by a ridge of the detector's centre map is merged back into
-one cell (:mod:`celltrails.split_cells`).
+a division into a daughter that vanishes after a frame is undone, and a division whose daughters
+stay joined by a ridge of the detector's centre map is merged back into one cell
+(:mod:`celltrails.split_cells`).
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
 ``cell_id`` is the cell's id in the linked table (``linking.with_candidates``: a detection's row
@@ -43,7 +44,7 @@ from celltrails.linking import (
     solve_assignment,
     transition_cost,
 )
-from celltrails.split_cells import merge_split_cells
+from celltrails.split_cells import detach_short_daughters, merge_split_cells
 
 TRACK_COLUMNS = ["t", "cell_id", "track_id", "parent_track_id", "z", "y", "x", "radius"]
 
@@ -72,6 +73,10 @@ class LineageParams:
             centre map for at least this many frames is one cell split by the detector and is
             merged back (:mod:`celltrails.split_cells`); 0 switches it off.
         split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
+        min_daughter_frames: a division into a daughter that lives fewer frames (and ends before
+            the last frame without dividing) is a false peak beside the cell: the daughter becomes
+            a track of its own and the mother continues as her sister
+            (:func:`celltrails.split_cells.detach_short_daughters`); 1 switches it off.
     """
 
     max_gap: int = 4
@@ -80,12 +85,15 @@ class LineageParams:
     fill_gaps: bool = True
     split_persistence: int = 5
     split_ridge: float = 0.2
+    min_daughter_frames: int = 2
 
     def __post_init__(self) -> None:
         if self.max_gap < 0 or self.min_track_length < 1 or self.gap_frame_cost < 0:
             raise ValueError("max_gap >= 0, min_track_length >= 1 and gap_frame_cost >= 0 required")
         if self.split_persistence < 0 or not 0.0 <= self.split_ridge <= 1.0:
             raise ValueError("split_persistence >= 0 and split_ridge in [0, 1] required")
+        if self.min_daughter_frames < 1:
+            raise ValueError("min_daughter_frames >= 1 required")
 
 
 def _segments(n_cells: int, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +223,7 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
         "x": cells["x"].to_numpy(float)[keep], "radius": cells["radius"].to_numpy(float)[keep]})
     gaps = _filled_cells(cells, table, filled, track_id, parent_track)
     tracks = pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
+    tracks = detach_short_daughters(tracks, lineage.min_daughter_frames, int(frames.max()))
     return merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge)
 
 

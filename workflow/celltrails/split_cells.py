@@ -19,6 +19,16 @@ the run, two tails stay the mother's daughters (the cell divides when its halves
 continues the mother's track. A division whose daughter ends by dividing within the run is left
 alone until that division is undone. Merges go in rounds (each merge may make its mother's or
 grandmother's division mergeable), one merge per track and round.
+
+A detector can also split a cell, or add a false peak beside it, for a single frame: the linker
+makes that a division whose second "daughter" then vanishes. :func:`detach_short_daughters`
+undoes those: a daughter that lives fewer than ``min_frames`` frames, ends before the series does
+and does not divide itself is a track of its own (no parent), and a mother left with one daughter
+continues as her (one track). Measured on the benchmark suite's tracks (detections unchanged),
+with 2 frames: Fluo-N2DH-SIM+ 02 (trained on 01) 3 such daughters, all false divisions, division
+F1 0.455 -> 0.471; zero-shot 7, F1 0.219 -> 0.242; synthetic heldout3d 1, 0.741 -> 0.755;
+Fluo-N2DH-GOWT1 02 1 (false divisions 5 -> 4); TRA unchanged within 0.0002 on all. With 3 frames
+heldout3d lost two true divisions whose daughter the detector lost after two frames.
 """
 
 from __future__ import annotations
@@ -68,6 +78,48 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
     if merged:
         log.info("%d division(s) merged back into one cell (split by the detector)", merged)
     return _renumbered(tracks) if merged else tracks
+
+
+def detach_short_daughters(tracks: pd.DataFrame, min_frames: int, last_frame: int) -> pd.DataFrame:
+    """``tracks`` (lineage.TRACK_COLUMNS) without divisions into a daughter that lives fewer than
+    ``min_frames`` frames, ends before ``last_frame`` and does not divide (module docstring): she
+    keeps her cells as a track without parent, and a mother left with one daughter continues as
+    her. Track ids are renumbered 1, 2, ... in order of first frame when anything changed;
+    ``min_frames`` 1 changes nothing."""
+    if min_frames <= 1 or tracks.empty:
+        return tracks
+    span = tracks.groupby("track_id")["t"].agg(["min", "max"])
+    parent = tracks.drop_duplicates("track_id").set_index("track_id")["parent_track_id"]
+    daughters = parent[parent >= 0]
+    sisters = daughters.map(daughters.value_counts())
+    lives = span["max"] - span["min"] + 1
+    short = daughters.index[(sisters >= 2).to_numpy()
+                            & (lives.loc[daughters.index] < min_frames).to_numpy()
+                            & (span.loc[daughters.index, "max"] < last_frame).to_numpy()
+                            & ~daughters.index.isin(daughters.to_numpy())]
+    if not len(short):
+        return tracks
+    mothers = set(daughters.loc[short])
+    parent = parent.copy()
+    parent.loc[short] = -1
+    remaining = parent[parent.isin(list(mothers))]
+    only_child = remaining[remaining.map(remaining.value_counts()) == 1]
+    continues_as = dict(zip(only_child.index, only_child.to_numpy()))  # the only daughter -> her mother
+
+    def root(track: int) -> int:  # a chain of such mothers (a daughter losing hers too) is one track
+        while track in continues_as:
+            track = continues_as[track]
+        return track
+
+    track_of = {int(k): root(int(k)) for k in parent.index}
+    parent_of = {k: (root(int(parent.loc[r])) if parent.loc[r] >= 0 else -1) for k, r in track_of.items()}
+    log.info("%d daughter(s) living under %d frames detached from their mother's division: %s",
+             len(short), min_frames, [int(k) for k in short])
+    tracks = tracks.copy()
+    old = tracks["track_id"]
+    tracks["track_id"] = old.map(track_of).astype("int64")
+    tracks["parent_track_id"] = old.map(parent_of).astype("int64")
+    return _renumbered(tracks)
 
 
 class _Index:
