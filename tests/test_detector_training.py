@@ -297,7 +297,12 @@ def test_overfit_tiny_synthetic_series(tmp_path):
     by_threshold = calibration["f1_by_threshold"]
     low, high = calibration["plateau"]
     assert calibration["f1"] == by_threshold[f"{meta['threshold']:.2f}"] and low <= meta["threshold"] <= high
-    assert by_threshold[f"{low:.2f}"] >= max(by_threshold.values()) - 2 / (calibration["tp"] + calibration["fn"])
+    floor = max(by_threshold.values()) - 2 / (calibration["tp"] + calibration["fn"])  # two cells' worth
+    thresholds = sorted(by_threshold, key=float)
+    inside = [k for k in thresholds if low <= float(k) <= high]
+    assert all(by_threshold[k] >= floor for k in inside)
+    edges = [thresholds.index(inside[0]) - 1, thresholds.index(inside[-1]) + 1]
+    assert all(by_threshold[thresholds[i]] < floor for i in edges if 0 <= i < len(thresholds))
     held_out = evaluate_frames(model, source, [3, 4, 5], threshold=meta["threshold"])
     assert held_out["f1"] == pytest.approx(calibration["f1"])  # the same frames, matcher and threshold
     # A checkpoint saved without a calibration gets the same one afterwards.
@@ -319,6 +324,8 @@ def test_the_calibrated_threshold_is_the_middle_of_the_near_best_plateau():
     assert plateau_threshold([0.5, 0.8, 0.99, 0.8, 0.5], 100) == (2, (2, 2))
     # The plateau is the run around the best: a near-best threshold beyond a dip is not part of it.
     assert plateau_threshold([0.99, 0.90, 0.985, 0.99, 0.989, 0.7], 100) == (3, (2, 4))
+    # A plateau reaching the highest threshold.
+    assert plateau_threshold([0.5, 0.6, 0.99, 0.989, 0.988, 0.987], 100) == (4, (2, 5))
     # An even plateau has two middles: the higher is kept.
     assert plateau_threshold([0.9, 0.99, 0.99, 0.9], 1000) == (2, (1, 2))
 

@@ -10,8 +10,8 @@ detection threshold, ``candidate`` column) are kept only in a cell's chain of ga
 that also holds a detection: hysteresis in time, which follows a cell as it dims at the field's
 border or fades without admitting isolated weak peaks. Optionally, short isolated fragments (no
 parent, no children, not cut by the first or last frame) are dropped as spurious detections. Last,
-a division into a daughter that vanishes after a frame is undone, and a division whose daughters
-stay joined by a ridge of the detector's centre map is merged back into one cell
+a division whose daughters stay joined by a ridge of the detector's centre map is merged back into
+one cell, and a division into a daughter that vanishes after a frame is undone
 (:mod:`celltrails.split_cells`).
 
 Output (``tracks.parquet``): ``t, cell_id, track_id, parent_track_id (-1 = none), z, y, x, radius``;
@@ -75,8 +75,9 @@ class LineageParams:
         split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
         min_daughter_frames: a division into a daughter that lives fewer frames (and ends before
             the last frame without dividing) is a false peak beside the cell: the daughter becomes
-            a track of its own and the mother continues as her sister
-            (:func:`celltrails.split_cells.detach_short_daughters`); 1 switches it off.
+            a track of its own (removed if shorter than ``min_track_length``), and a mother left
+            with one daughter continues as her (:func:`celltrails.split_cells.detach_short_daughters`);
+            1 switches it off.
     """
 
     max_gap: int = 4
@@ -223,8 +224,9 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
         "x": cells["x"].to_numpy(float)[keep], "radius": cells["radius"].to_numpy(float)[keep]})
     gaps = _filled_cells(cells, table, filled, track_id, parent_track)
     tracks = pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
-    tracks = detach_short_daughters(tracks, lineage.min_daughter_frames, int(frames.max()))
-    return merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge)
+    # The merge goes first: undoing a split can leave one half as a daughter that vanishes at once.
+    tracks = merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge)
+    return detach_short_daughters(tracks, lineage.min_daughter_frames, int(frames.max()), lineage.min_track_length)
 
 
 def _chain_head(segment: int, gap_parent: dict[int, int]) -> int:

@@ -80,14 +80,29 @@ def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size
     return _renumbered(tracks) if merged else tracks
 
 
-def detach_short_daughters(tracks: pd.DataFrame, min_frames: int, last_frame: int) -> pd.DataFrame:
+def detach_short_daughters(tracks: pd.DataFrame, min_frames: int, last_frame: int,
+                           min_track_length: int = 1) -> pd.DataFrame:
     """``tracks`` (lineage.TRACK_COLUMNS) without divisions into a daughter that lives fewer than
     ``min_frames`` frames, ends before ``last_frame`` and does not divide (module docstring): she
-    keeps her cells as a track without parent, and a mother left with one daughter continues as
-    her. Track ids are renumbered 1, 2, ... in order of first frame when anything changed;
+    keeps her cells as a track without parent (dropped if shorter than ``min_track_length``, as the
+    lineage drops short isolated tracks), and a mother left with one daughter continues as her.
+    Repeated until no such daughter is left (detaching two granddaughters can leave their mother
+    one). Track ids are renumbered 1, 2, ... in order of first frame when anything changed;
     ``min_frames`` 1 changes nothing."""
-    if min_frames <= 1 or tracks.empty:
+    if min_frames <= 1:
         return tracks
+    detached = 0
+    while not tracks.empty:
+        tracks, short = _detach_once(tracks, min_frames, last_frame, min_track_length)
+        if not short:
+            break
+        detached += short
+    return _renumbered(tracks) if detached else tracks
+
+
+def _detach_once(tracks: pd.DataFrame, min_frames: int, last_frame: int, min_track_length: int
+                 ) -> tuple[pd.DataFrame, int]:
+    """One pass of :func:`detach_short_daughters` (track ids not renumbered) and how many it detached."""
     span = tracks.groupby("track_id")["t"].agg(["min", "max"])
     parent = tracks.drop_duplicates("track_id").set_index("track_id")["parent_track_id"]
     daughters = parent[parent >= 0]
@@ -98,7 +113,7 @@ def detach_short_daughters(tracks: pd.DataFrame, min_frames: int, last_frame: in
                             & (span.loc[daughters.index, "max"] < last_frame).to_numpy()
                             & ~daughters.index.isin(daughters.to_numpy())]
     if not len(short):
-        return tracks
+        return tracks, 0
     mothers = set(daughters.loc[short])
     parent = parent.copy()
     parent.loc[short] = -1
@@ -115,11 +130,12 @@ def detach_short_daughters(tracks: pd.DataFrame, min_frames: int, last_frame: in
     parent_of = {k: (root(int(parent.loc[r])) if parent.loc[r] >= 0 else -1) for k, r in track_of.items()}
     log.info("%d daughter(s) living under %d frames detached from their mother's division: %s",
              len(short), min_frames, [int(k) for k in short])
-    tracks = tracks.copy()
+    dropped = tracks["track_id"].isin(short[(lives.loc[short] < min_track_length).to_numpy()])
+    tracks = tracks[~dropped.to_numpy()].copy()
     old = tracks["track_id"]
     tracks["track_id"] = old.map(track_of).astype("int64")
     tracks["parent_track_id"] = old.map(parent_of).astype("int64")
-    return _renumbered(tracks)
+    return tracks.sort_values(["track_id", "t"], ignore_index=True), len(short)
 
 
 class _Index:

@@ -316,15 +316,16 @@ def _whole_frame_passes(model: CellDetector, source: Source, frames: Sequence[in
 def calibrate_threshold(model: CellDetector, sources: Sequence[Source], frames: Sequence[Sequence[int]], *,
                         device: str | torch.device = "cpu",
                         thresholds: Sequence[float] = CALIBRATION_THRESHOLDS) -> dict | None:
-    """The centre threshold that maximises detection F1 on whole held-out frames.
+    """The centre threshold for a model: the middle of its plateau of near-best detection F1 on
+    whole held-out frames (:func:`plateau_threshold`).
 
     The centre head is a heat map trained to peak at 1 on a cell's centre voxel, not a calibrated
     probability: where a centre falls between voxels (binned images) or the data differ from the
     training crops its peaks stay clear of the background but below 0.5. Measured on
     Fluo-N2DH-SIM+ (detector trained on 01): F1 on 01's validation frames 0.962 at 0.5 and 0.981
-    at 0.2; on 02 frames 90-119, 0.765 at 0.5 and 0.951 at 0.2. The best threshold on the
+    at 0.2; on 02 frames 90-119, 0.765 at 0.5 and 0.951 at 0.2. The threshold chosen on the
     model's own validation frames is therefore stored with it (a property of the model, not a
-    per-dataset setting): the middle of the plateau of near-best F1 (:func:`plateau_threshold`).
+    per-dataset setting).
     ``frames[i]`` are the frames of ``sources[i]`` to use; None when there are none.
     """
     thresholds = np.asarray(sorted(thresholds), float)
@@ -354,8 +355,8 @@ def plateau_threshold(f1: np.ndarray, n_cells: int,
     first and last index of its plateau.
 
     The plateau is the run of thresholds around the best F1 whose F1 is within ``tolerance_cells``
-    cells' worth (``tolerance_cells / n_cells``) of it: a few dozen validation cells cannot tell
-    them apart. The middle of the plateau is kept (of two middles, the higher), not its best point:
+    cells' worth (``tolerance_cells / n_cells``) of it: the validation frames (a few hundred cells)
+    cannot tell them apart. The middle of the plateau is kept (of two middles, the higher), not its best point:
     on a new sequence the network's scores shift, and from an edge of the plateau a small shift
     falls off it, into background peaks below or missed cells above. Measured on nine detectors
     trained on Fluo-N2DH-SIM+ 01 (seeds, lengths, widths; 02 tracked end to end at the series'
