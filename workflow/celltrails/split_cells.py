@@ -126,8 +126,9 @@ def _detach_once(tracks: pd.DataFrame, min_frames: int, last_frame: int, min_tra
             track = continues_as[track]
         return track
 
-    track_of = {int(k): root(int(k)) for k in parent.index}
-    parent_of = {k: (root(int(parent.loc[r])) if parent.loc[r] >= 0 else -1) for k, r in track_of.items()}
+    parent_of_track = {int(k): int(v) for k, v in parent.items()}
+    track_of = {k: root(k) for k in parent_of_track}
+    parent_of = {k: (root(parent_of_track[r]) if parent_of_track[r] >= 0 else -1) for k, r in track_of.items()}
     log.info("%d daughter(s) living under %d frames detached from their mother's division: %s",
              len(short), min_frames, [int(k) for k in short])
     dropped = tracks["track_id"].isin(short[(lives.loc[short] < min_track_length).to_numpy()])
