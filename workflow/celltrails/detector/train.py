@@ -11,6 +11,7 @@ after every epoch on fixed, unaugmented crops of held-out frames, and writes
   losses, detection precision/recall/F1 and embedding successor accuracy of the averaged ones;
   learning rate, time),
 * ``log_dir/loss_curve.png``: training and validation loss, validation F1 and successor accuracy,
+  and the calibration (validation F1 by centre threshold, the plateau and the threshold kept),
 * the checkpoint (atomically, :func:`celltrails.detector.checkpoint.save_checkpoint`) of the
   epoch with the best validation F1 (``select="best"``) or of the last epoch, with the centre
   threshold calibrated on the whole validation frames (:func:`calibrate_threshold`), which
@@ -453,12 +454,18 @@ def _write_tsv(path: Path, rows: list[dict]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def _plot(path: Path, train_curve: list[tuple[int, float]], rows: list[dict]) -> None:
+def _plot(path: Path, train_curve: list[tuple[int, float]], rows: list[dict],
+          calibration: dict | None = None) -> None:
+    """Loss and validation curves; with ``calibration``, a third panel: validation F1 by centre
+    threshold, the near-best plateau shaded and the threshold kept marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if calibration else 2, figsize=(16 if calibration else 11, 4))
+    ax_loss, ax_metric = axes[:2]
+    if calibration:
+        _plot_calibration(axes[2], calibration)
     if train_curve:
         steps, losses = np.array(train_curve).T
         ax_loss.plot(steps, losses, color="0.6", lw=0.8, label="train (per step)")
@@ -478,6 +485,19 @@ def _plot(path: Path, train_curve: list[tuple[int, float]], rows: list[dict]) ->
     ax_metric.legend()
     fig.tight_layout()
     save_png(fig, path, dpi=90)
+
+
+def _plot_calibration(ax, calibration: dict) -> None:
+    thresholds = sorted(calibration["f1_by_threshold"], key=float)
+    ax.plot([float(t) for t in thresholds], [calibration["f1_by_threshold"][t] for t in thresholds], "o-",
+            color="C2")
+    if "plateau" in calibration:
+        ax.axvspan(*calibration["plateau"], color="C2", alpha=0.15,
+                   label=f"within {CALIBRATION_TOLERANCE_CELLS:g} cells of the best")
+    ax.axvline(calibration["threshold"], color="k", ls="--", lw=1, label=f"kept: {calibration['threshold']:.2f}")
+    ax.set(xlabel="centre threshold", ylabel="detection F1", xlim=(0, 1),
+           title=f"threshold on {calibration['frames']} whole validation frames")
+    ax.legend(loc="lower center")
 
 
 def train_detector(datasets: Sequence, out_checkpoint, *, config: DetectorConfig, channel: int = 0,
@@ -675,10 +695,13 @@ def _train(datasets, out_checkpoint, *, config, channel, crop_size, batch_size, 
     })
     calibration = calibrate_threshold(model, sources, [va for _, va in splits], device=device)
     if calibration is not None:
-        logger.info("calibrated centre threshold %.2f: F1 %.3f on %d whole validation frames (%.3f at %.2f)",
-                    calibration["threshold"], calibration["f1"], calibration["frames"],
+        logger.info("calibrated centre threshold %.2f (middle of the near-best plateau %.2f-%.2f): F1 %.3f on "
+                    "%d whole validation frames (%.3f at %.2f)", calibration["threshold"], *calibration["plateau"],
+                    calibration["f1"], calibration["frames"],
                     calibration["f1_by_threshold"].get(f"{detection_threshold:.2f}", float("nan")),
                     detection_threshold)
+        if log_dir is not None:
+            _plot(log_dir / "loss_curve.png", train_curve, rows, calibration)
     training = {
         "config": config.to_dict(), "crop_size": list(crop), "batch_size": batch_size, "steps": steps,
         "steps_per_epoch": steps_per_epoch, "lr": lr, "weight_decay": weight_decay, "seed": seed,
