@@ -357,9 +357,9 @@ def plateau_threshold(f1: np.ndarray, n_cells: int,
 
     The plateau is the run of thresholds around the best F1 whose F1 is within ``tolerance_cells``
     cells' worth (``tolerance_cells / n_cells``) of it: the validation frames (a few hundred cells)
-    cannot tell them apart. The middle of the plateau is kept (of two middles, the higher), not its best point:
-    on a new sequence the network's scores shift, and from an edge of the plateau a small shift
-    falls off it, into background peaks below or missed cells above. Measured on nine detectors
+    cannot tell them apart. The middle of the plateau is kept (of two middles, the higher), not its
+    best point: on a new sequence the network's scores shift, and from an edge of the plateau a
+    small shift falls off it, into background peaks below or missed cells above. Measured on nine detectors
     trained on Fluo-N2DH-SIM+ 01 (seeds, lengths, widths; 02 tracked end to end at the series'
     threshold, the lower of this and the valley of 02's scores), the best point gave TRA mean
     0.937, sd 0.038, worst 0.835 (a plateau of 0.10-0.35 whose best point, 0.10, let 4400 false
@@ -491,9 +491,8 @@ def _plot_calibration(ax, calibration: dict) -> None:
     thresholds = sorted(calibration["f1_by_threshold"], key=float)
     ax.plot([float(t) for t in thresholds], [calibration["f1_by_threshold"][t] for t in thresholds], "o-",
             color="C2")
-    if "plateau" in calibration:
-        ax.axvspan(*calibration["plateau"], color="C2", alpha=0.15,
-                   label=f"within {CALIBRATION_TOLERANCE_CELLS:g} cells of the best")
+    ax.axvspan(*calibration["plateau"], color="C2", alpha=0.15,
+               label=f"within {CALIBRATION_TOLERANCE_CELLS:g} cells of the best")
     ax.axvline(calibration["threshold"], color="k", ls="--", lw=1, label=f"kept: {calibration['threshold']:.2f}")
     ax.set(xlabel="centre threshold", ylabel="detection F1", xlim=(0, 1),
            title=f"threshold on {calibration['frames']} whole validation frames")
