@@ -19,7 +19,14 @@ from celltrails.detector.losses import (
     nt_xent,
 )
 from celltrails.detector.model import DetectorConfig
-from celltrails.detector.sampling import Augmentation, CropSampler, Source, TrainingDataset, collate
+from celltrails.detector.sampling import (
+    Augmentation,
+    CropSampler,
+    Source,
+    TrainingDataset,
+    _intensity,
+    collate,
+)
 from celltrails.detector.targets import FramePoints, division_flags, embedding_relations, render_pass_targets
 from celltrails.detector.train import ema_decay, evaluate_frames, plateau_threshold, train_detector
 from celltrails.ome_zarr_io import create_image_store
@@ -217,6 +224,25 @@ def test_augmented_crops_keep_points_on_their_cells(tmp_path):
     assert batch["x"].shape == (6, 2, 1, 40, 40)
     assert batch["relation"].shape[0] == len(batch["emb_index"]) == len(batch["emb_voxels"])
     assert (batch["relation"] == 1).any()
+
+
+def test_intensity_augmentation_draws_from_its_ranges():
+    image = np.full((3, 1, 8, 8), 0.5, np.float32)
+    rng = np.random.default_rng(0)
+    fixed = Augmentation(intensity_scale=(2.0, 2.0), gamma=(2.0, 2.0), noise_probability=0, blur_probability=0)
+    assert np.allclose(_intensity(rng, image, fixed, VOXEL_2D), 2.0 * 0.5 ** 2.0)
+    wide = Augmentation(intensity_scale=(0.5, 2.0), gamma=(0.5, 2.0), noise_probability=0, blur_probability=0)
+    values = np.array([_intensity(rng, image, wide, VOXEL_2D)[0, 0, 0, 0] for _ in range(300)])
+    low, high = 0.5 * 0.5 ** 2.0, 2.0 * 0.5 ** 0.5    # darkest and brightest draws of a 0.5 voxel
+    assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6
+    assert values.min() < low + 0.1 and values.max() > high - 0.3    # the whole width is drawn
+
+
+@pytest.mark.parametrize("ranges", [{"gamma": (2.0, 0.5)}, {"intensity_scale": (0.0, 1.0)},
+                                    {"noise_std": (-0.1, 0.1)}, {"blur_sigma": (1.0, 0.3)}])
+def test_augmentation_refuses_a_range_that_is_not_one(ranges):
+    with pytest.raises(ValueError, match=f"augmentation {next(iter(ranges))} must be a range"):
+        Augmentation(**ranges)
 
 
 def test_division_bias_draws_crops_around_mothers(tmp_path):

@@ -132,6 +132,14 @@ def test_unknown_config_key_stops_before_any_job(tmp_path):
     assert "convert: Additional properties are not allowed ('tile_xy' was unexpected)" in result.stdout
 
 
+def test_reversed_augmentation_range_stops_before_any_job(tmp_path):
+    register(tmp_path, [f"demo\t{REPO / 'config' / 'synthetic' / 'demo3d.yaml'}\tsynthetic\t\t\t\t\t"],
+             config="datasets: datasets.tsv\ndetector:\n  training:\n    gamma: [2.0, 0.5]\n")
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "config detector.training.gamma: [2.0, 0.5] is not a range [low, high]" in result.stdout
+
+
 def test_invalid_sheet_stops_before_any_job(tmp_path):
     register(tmp_path, ["x\tnot_there\tctc\t\t\t\t\t"])
     result = snakemake(tmp_path, "-n")

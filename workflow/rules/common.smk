@@ -87,6 +87,17 @@ def _check_training_datasets(key):
 _check_training_datasets("detector")
 
 
+def _check_detector_augmentation():
+    # The schema checks each bound; the order of the two is checked here.
+    for key in ("intensity_scale", "gamma"):
+        low, high = config["detector"]["training"][key]
+        if low > high:
+            raise WorkflowError(f"config detector.training.{key}: [{low}, {high}] is not a range [low, high]")
+
+
+_check_detector_augmentation()
+
+
 def converted_image_meta(wildcards):
     """Metadata of the converted image (waits for the `convert` checkpoint)."""
     from celltrails.ome_zarr_io import read_image_meta

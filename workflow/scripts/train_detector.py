@@ -5,7 +5,7 @@ from pathlib import Path
 
 from celltrails.detector.infer import pick_device
 from celltrails.detector.model import DetectorConfig
-from celltrails.detector.sampling import TrainingDataset
+from celltrails.detector.sampling import Augmentation, TrainingDataset
 from celltrails.detector.train import train_detector
 from celltrails.errors import InputError
 from celltrails.logs import script_logging
@@ -38,5 +38,7 @@ with script_logging(snakemake.log[0]) as log:
         working_radius=training["working_radius"],
         division_bias=training["division_bias"],
         ema_window=training["ema_window"],
+        augmentation=Augmentation(intensity_scale=tuple(training["intensity_scale"]),
+                                  gamma=tuple(training["gamma"])),
         logger=log,
     )

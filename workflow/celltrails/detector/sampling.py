@@ -102,6 +102,14 @@ class Augmentation:
     blur_sigma: tuple[float, float] = (0.3, 1.0)  # xy pixels
     blur_probability: float = 0.2
 
+    def __post_init__(self) -> None:
+        for name in ("intensity_scale", "gamma", "noise_std", "blur_sigma"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high or (name in ("intensity_scale", "gamma") and low == 0):
+                raise ValueError(f"augmentation {name} must be a range [low, high] with "
+                                 f"{'0 < ' if name in ('intensity_scale', 'gamma') else '0 <= '}low <= high, "
+                                 f"got [{low}, {high}]")
+
     @classmethod
     def none(cls) -> Augmentation:
         return cls(flip=False, rot90=False, rotate_degrees=0.0, intensity_scale=(1.0, 1.0), gamma=(1.0, 1.0),
