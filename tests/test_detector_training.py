@@ -229,17 +229,24 @@ def test_augmented_crops_keep_points_on_their_cells(tmp_path):
 def test_intensity_augmentation_draws_from_its_ranges():
     image = np.full((3, 1, 8, 8), 0.5, np.float32)
     rng = np.random.default_rng(0)
-    fixed = Augmentation(intensity_scale=(2.0, 2.0), gamma=(2.0, 2.0), noise_probability=0, blur_probability=0)
-    assert np.allclose(_intensity(rng, image, fixed, VOXEL_2D), 2.0 * 0.5 ** 2.0)
-    wide = Augmentation(intensity_scale=(0.5, 2.0), gamma=(0.5, 2.0), noise_probability=0, blur_probability=0)
+    fixed = Augmentation(intensity_scale=(3.0, 3.0), gamma=(2.0, 2.0), noise_probability=0, blur_probability=0)
+    assert np.allclose(_intensity(rng, image, fixed, VOXEL_2D), 3.0 * 0.5 ** 2.0)
+    wide = Augmentation(intensity_scale=(0.5, 3.0), gamma=(0.5, 2.0), noise_probability=0, blur_probability=0)
     values = np.array([_intensity(rng, image, wide, VOXEL_2D)[0, 0, 0, 0] for _ in range(300)])
-    low, high = 0.5 * 0.5 ** 2.0, 2.0 * 0.5 ** 0.5    # darkest and brightest draws of a 0.5 voxel
+    low, high = 0.5 * 0.5 ** 2.0, 3.0 * 0.5 ** 0.5    # darkest and brightest draws of a 0.5 voxel
     assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6
-    assert values.min() < low + 0.1 and values.max() > high - 0.3    # the whole width is drawn
+    assert values.min() < low + 0.1 and values.max() > high - 0.4    # the whole width is drawn
+
+
+def test_augmentation_ranges_from_lists_become_tuples():
+    augmentation = Augmentation(intensity_scale=[0.5, 2], gamma=[0.4, 2.5])
+    assert augmentation.intensity_scale == (0.5, 2.0) and augmentation.gamma == (0.4, 2.5)
+    hash(augmentation)
 
 
 @pytest.mark.parametrize("ranges", [{"gamma": (2.0, 0.5)}, {"intensity_scale": (0.0, 1.0)},
-                                    {"noise_std": (-0.1, 0.1)}, {"blur_sigma": (1.0, 0.3)}])
+                                    {"noise_std": (-0.1, 0.1)}, {"blur_sigma": (1.0, 0.3)},
+                                    {"gamma": (0.5, 1.0, 2.0)}, {"intensity_scale": 2.0}])
 def test_augmentation_refuses_a_range_that_is_not_one(ranges):
     with pytest.raises(ValueError, match=f"augmentation {next(iter(ranges))} must be a range"):
         Augmentation(**ranges)

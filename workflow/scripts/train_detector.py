@@ -38,7 +38,6 @@ with script_logging(snakemake.log[0]) as log:
         working_radius=training["working_radius"],
         division_bias=training["division_bias"],
         ema_window=training["ema_window"],
-        augmentation=Augmentation(intensity_scale=tuple(training["intensity_scale"]),
-                                  gamma=tuple(training["gamma"])),
+        augmentation=Augmentation(intensity_scale=training["intensity_scale"], gamma=training["gamma"]),
         logger=log,
     )

@@ -103,12 +103,14 @@ class Augmentation:
     blur_probability: float = 0.2
 
     def __post_init__(self) -> None:
+        """Each range as a (low, high) pair of floats; a scale or gamma of 0 or a reversed range is refused."""
         for name in ("intensity_scale", "gamma", "noise_std", "blur_sigma"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high or (name in ("intensity_scale", "gamma") and low == 0):
+            bounds = tuple(float(v) for v in np.atleast_1d(getattr(self, name)))
+            positive = name in ("intensity_scale", "gamma")
+            if len(bounds) != 2 or not (0 < bounds[0] if positive else 0 <= bounds[0]) or not bounds[0] <= bounds[1]:
                 raise ValueError(f"augmentation {name} must be a range [low, high] with "
-                                 f"{'0 < ' if name in ('intensity_scale', 'gamma') else '0 <= '}low <= high, "
-                                 f"got [{low}, {high}]")
+                                 f"{'0 <' if positive else '0 <='} low <= high, got {list(bounds)}")
+            object.__setattr__(self, name, bounds)  # frozen: hashable tuples whatever the caller passed
 
     @classmethod
     def none(cls) -> Augmentation:
