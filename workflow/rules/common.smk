@@ -88,7 +88,8 @@ _check_training_datasets("detector")
 
 
 def _check_detector_augmentation():
-    # The schema checks each bound; the order of the two is checked here.
+    # The schema checks each bound; the order of the two is checked here, not by building an
+    # Augmentation (which checks it too), so that reading the workflow does not import torch.
     for key in ("intensity_scale", "gamma"):
         low, high = config["detector"]["training"][key]
         if low > high:

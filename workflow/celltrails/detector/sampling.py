@@ -107,7 +107,8 @@ class Augmentation:
         for name in ("intensity_scale", "gamma", "noise_std", "blur_sigma"):
             bounds = tuple(float(v) for v in np.atleast_1d(getattr(self, name)))
             positive = name in ("intensity_scale", "gamma")
-            if len(bounds) != 2 or not (0 < bounds[0] if positive else 0 <= bounds[0]) or not bounds[0] <= bounds[1]:
+            low_ok = len(bounds) == 2 and (bounds[0] > 0 if positive else bounds[0] >= 0)
+            if not (low_ok and bounds[0] <= bounds[1]):
                 raise ValueError(f"augmentation {name} must be a range [low, high] with "
                                  f"{'0 <' if positive else '0 <='} low <= high, got {list(bounds)}")
             object.__setattr__(self, name, bounds)  # frozen: hashable tuples whatever the caller passed
