@@ -17,7 +17,7 @@ from celltrails.ctc import (
 from celltrails.ctc_export import add_local_foreground, render_frame, write_ctc
 from celltrails.foreground import intensity_foreground, series_foreground
 from celltrails.ome_zarr_io import create_image_store
-from celltrails.evaluate import evaluate_ctc, evaluate_points, track_edges
+from celltrails.evaluate import evaluate_ctc, evaluate_points, segmentation_score, track_edges
 from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
 from celltrails.serialize import write_metrics
@@ -436,3 +436,63 @@ def test_an_empty_result_scores_zero_instead_of_crashing(tmp_path):
     metrics = evaluate_ctc(gt, res)
     assert (metrics["TRA"], metrics["DET"], metrics["LNK"]) == (0.0, 0.0, 0.0)
     assert metrics["fn_nodes"] == 3 and metrics["fn_edges"] == 2 and metrics["division_f1"] is None
+
+
+def _seg_case(tmp_path, result_masks: dict[int, np.ndarray]) -> tuple:
+    """A 3-frame ground truth of two 4x4 nuclei with SEG annotations in frames 0 and 2 only, and a
+    result whose masks are ``result_masks[t]`` (the ground truth's markers where not given)."""
+    gt, res = tmp_path / "GT", tmp_path / "RES"
+    for folder in (gt / "TRA", gt / "SEG", res):
+        folder.mkdir(parents=True)
+    markers = np.zeros((16, 16), np.uint16)
+    markers[2:6, 2:6], markers[8:12, 8:12] = 1, 2
+    for t in range(3):
+        write_label_frame(markers, gt / "TRA", "man_track", t, 3)
+        if t != 1:
+            write_label_frame(markers, gt / "SEG", "man_seg", t, 3)
+        write_label_frame(result_masks.get(t, markers), res, "mask", t, 3)
+    table = pd.DataFrame({"label": [1, 2], "begin": [0, 0], "end": [2, 2], "parent": [0, 0]})
+    write_track_table(table, gt / "TRA" / "man_track.txt")
+    write_track_table(table, res / "res_track.txt")
+    return gt, res
+
+
+def test_seg_is_the_challenges_jaccard_over_the_annotated_nuclei(tmp_path):
+    shrunk = np.zeros((16, 16), np.uint16)
+    shrunk[2:6, 2:5] = 1  # 12 of 16 pixels: Jaccard 0.75
+    shrunk[8:12, 8:10] = 2  # 8 of 16: not more than half covered, so it scores 0
+    gt, res = _seg_case(tmp_path, {2: shrunk})
+    seg = segmentation_score(gt, res)
+    assert seg["seg_frames"] == 2 and seg["notes"] == []
+    assert seg["SEG"] == pytest.approx((1 + 1 + 0.75 + 0) / 4)
+    metrics = evaluate_ctc(gt / "TRA", res)  # the SEG folder beside TRA is found and scored
+    assert metrics["SEG"] == pytest.approx(0.6875)
+    assert metrics["fn_nodes"] == 1  # the half-covered nucleus is missed by DET's rule too
+
+
+def test_seg_ignores_unannotated_frames_and_is_null_without_annotations(tmp_path):
+    wrong = np.zeros((16, 16), np.uint16)
+    wrong[13:15, 13:15], wrong[0, 0] = 1, 2
+    gt, res = _seg_case(tmp_path, {1: wrong})  # frame 1 has no SEG annotation
+    assert segmentation_score(gt, res)["SEG"] == 1.0
+    for path in (gt / "SEG").iterdir():
+        path.unlink()
+    missing = evaluate_ctc(gt / "TRA", res)
+    assert missing["SEG"] is None and missing["seg_frames"] == 0
+    assert any("no SEG annotations" in note for note in missing["notes"])
+    write_label_frame(np.ones((16, 16), np.uint16), gt / "SEG", "man_seg_000_", 0, 3)  # a slice annotation
+    sliced = segmentation_score(gt, res)
+    assert sliced["SEG"] is None and any("single slices" in note for note in sliced["notes"])
+
+
+def test_seg_of_an_empty_result_is_zero(tmp_path):
+    gt, res = _seg_case(tmp_path, {t: np.zeros((16, 16), np.uint16) for t in range(3)})
+    (res / "res_track.txt").write_text("")
+    metrics = evaluate_ctc(gt / "TRA", res)
+    assert metrics["SEG"] == 0.0 and metrics["seg_frames"] == 2 and metrics["TRA"] == 0.0
+
+
+def test_points_scores_say_why_seg_is_null():
+    _, truth = family()
+    metrics = evaluate_points(points_of(truth), truth, threshold=3.0)
+    assert metrics["SEG"] is None and any("SEG" in note for note in metrics["notes"])

@@ -110,6 +110,14 @@ def test_different_seed_gives_different_series(series_3d, tmp_path):
 
 # -- ground truth ------------------------------------------------------------------------------
 
+def test_seg_ground_truth_is_the_whole_nuclei_of_every_frame(series):
+    params, out = series
+    seg = sorted((out / "GT" / "SEG").glob("man_seg*.tif"))
+    assert [p.name for p in seg] == [mask_name("man_seg", t, params.n_frames) for t in range(params.n_frames)]
+    for t, path in enumerate(seg):
+        assert np.array_equal(tifffile.imread(path), _markers(out, t, params.n_frames))
+
+
 def test_table_agrees_with_ctc_ground_truth(series):
     params, out = series
     cells, tracks = _cells(out), _tracks(out)

@@ -93,6 +93,7 @@ def test_metrics_are_written(tracked):
     tracking = json.loads((metrics / "tracking.json").read_text())
     assert {"TRA", "DET", "LNK", "division_f1", "fp_nodes", "fn_nodes"} <= set(tracking)
     assert 0.0 <= tracking["DET"] <= 1.0
+    assert 0.0 < tracking["SEG"] <= 1.0 and tracking["seg_frames"] == 7  # the generator's SEG annotations
     detection = json.loads((metrics / "detection.json").read_text())
     assert detection["tp"] + detection["fn"] == len(pd.read_parquet(tracked / "results" / "tiny" / "ground_truth.parquet"))
 

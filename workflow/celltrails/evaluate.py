@@ -1,13 +1,18 @@
 """Tracking scores with traccuracy: CTC masks (CTCMatcher) or centre points (PointMatcher).
 
 Returns TRA, DET, LNK (CTC definitions), division F1 with a one-frame buffer, and the error counts
-behind them. Undefined scores (e.g. division F1 when neither side has a division) come back as None
+behind them; with masks also the challenge's segmentation measure SEG where the ground truth has
+``SEG`` annotations (:func:`segmentation_score`). Undefined scores (e.g. division F1 when neither side has a division) come back as None
 (null in JSON) with a note saying why, instead of NaN, which JSON cannot hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import re
+from importlib import metadata
 from pathlib import Path
 
 import networkx as nx
@@ -110,9 +115,45 @@ def evaluate_ctc(gt_tra_folder: str | Path, res_folder: str | Path) -> dict:
     gt_tra_folder, res_folder = Path(gt_tra_folder), Path(res_folder)
     gt = load_ctc_data(str(gt_tra_folder), str(gt_tra_folder / "man_track.txt"), name="gt", run_checks=False)
     if not (res_folder / "res_track.txt").read_text().strip():
-        return _nothing_predicted(gt, "CTCMatcher")
-    pred = load_ctc_data(str(res_folder), str(res_folder / "res_track.txt"), name="pred")
-    return _score(gt, pred, CTCMatcher(), "CTCMatcher")
+        scores = _nothing_predicted(gt, "CTCMatcher")
+    else:
+        pred = load_ctc_data(str(res_folder), str(res_folder / "res_track.txt"), name="pred")
+        scores = _score(gt, pred, CTCMatcher(), "CTCMatcher")
+    seg = segmentation_score(gt_tra_folder.parent, res_folder)
+    scores["notes"].extend(seg.pop("notes"))
+    return scores | seg
+
+
+def segmentation_score(gt_folder: str | Path, res_folder: str | Path) -> dict:
+    """CTC SEG of a result's masks against the ``SEG`` annotations of a CTC ground-truth folder.
+
+    SEG is the challenge's segmentation measure: each annotated nucleus scores the Jaccard index of
+    the result mask that covers more than half of it, 0 when none does, averaged over the annotated
+    nuclei (frames without annotation do not count). traccuracy has no SEG, so it comes from
+    py-ctcmetrics, the challenge's own measures in Python. Returns ``SEG`` (None with a note when
+    there are no whole-frame SEG annotations), ``seg_frames`` (annotated frames) and ``seg_tool``.
+    """
+    seg_folder, res_folder = Path(gt_folder) / "SEG", Path(res_folder)
+    out: dict = {"SEG": None, "seg_frames": 0, "seg_tool": f"py-ctcmetrics {metadata.version('py-ctcmetrics')}",
+                 "notes": []}
+    frames = sorted(seg_folder.glob("man_seg*.tif")) if seg_folder.is_dir() else []
+    if not frames:
+        out["notes"].append(f"SEG is null: no SEG annotations (man_segTTT.tif) in {seg_folder}")
+        return out
+    if any(not re.fullmatch(r"man_seg\d+\.tif", path.name) for path in frames):
+        out["notes"].append(f"SEG is null: {seg_folder} annotates single slices (man_seg_TTT_ZZZ.tif), "
+                            "which this evaluation does not score")
+        return out
+    out["seg_frames"] = len(frames)
+    if not (res_folder / "res_track.txt").read_text().strip():
+        out["SEG"] = 0.0  # nothing predicted: every annotated nucleus scores 0
+        return out
+    from ctc_metrics import evaluate_sequence  # imported here: it loads its whole metric suite
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress and results
+        scores = evaluate_sequence(res=str(res_folder), gt=str(Path(gt_folder)), metrics=["SEG"], threads=1)
+    out["SEG"] = float(scores["SEG"])
+    return out
 
 
 def _graph(nodes: pd.DataFrame, edges: list[tuple[int, int]], keys: tuple[str, ...],
@@ -160,8 +201,10 @@ def evaluate_points(gt_points_or_tra: pd.DataFrame | str | Path, tracks: pd.Data
     # traccuracy wants node ids >= 0; cells filled into gaps have negative cell ids.
     tracks = tracks.assign(cell_id=np.arange(len(tracks)))
     pred_nodes = tracks.rename(columns={"cell_id": "node"})
-    return _score(_graph(gt_nodes, gt_edges, keys, factors), _graph(pred_nodes, track_edges(tracks), keys, factors),
-                  PointMatcher(threshold=threshold), f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")
+    scores = _score(_graph(gt_nodes, gt_edges, keys, factors), _graph(pred_nodes, track_edges(tracks), keys, factors),
+                    PointMatcher(threshold=threshold), f"PointMatcher(threshold={threshold}, scale={tuple(scale)})")
+    scores["notes"].append("SEG is null: scored on centre points, without ground-truth masks")
+    return scores | {"SEG": None}
 
 
 def track_edges(tracks: pd.DataFrame) -> list[tuple[int, int]]:

@@ -10,6 +10,8 @@ Layout of ``out_dir``::
 
     image.ome.zarr        t, c, z, y, x uint16; channels "nuclei", "state"
     GT/TRA/man_trackTTT.tif, GT/TRA/man_track.txt   markers: z-stacks in 3D, 2D images in 2D
+    GT/SEG/man_segTTT.tif the same images as segmentation ground truth (the markers are whole
+                          nuclei), so the CTC result's masks get a SEG score
     cells.parquet         one row per visible cell per frame (see CELL_SCHEMA)
     params.yaml           the resolved recipe
 """
@@ -127,8 +129,9 @@ def generate_series(params: SyntheticParams, out_dir: str | Path, logger: loggin
         image = create_image_store(tmp / "image.ome.zarr", shape, np.uint16, voxel_size=params.voxel_size,
                                    time_interval=params.time_interval, channel_names=CHANNELS,
                                    name=Path(out_dir).name)
-        tra = tmp / "GT" / "TRA"
+        tra, seg = tmp / "GT" / "TRA", tmp / "GT" / "SEG"
         tra.mkdir(parents=True)
+        seg.mkdir()
         tracks = _Tracks(n_tracks)
         rows = _RowWriter(tmp / "cells.parquet")
         try:
@@ -137,6 +140,7 @@ def generate_series(params: SyntheticParams, out_dir: str | Path, logger: loggin
                 image[cells.t] = pixels
                 markers = markers if params.is_3d else markers[0]  # CTC: 2D series have 2D masks
                 write_label_frame(markers, tra, "man_track", cells.t, n_frames)
+                write_label_frame(markers, seg, "man_seg", cells.t, n_frames)
                 tracks.add(cells.t, cells.label[cells.visible], cells.parent[cells.visible])
                 rows.add(_rows(cells, voxel))
                 if progress:
