@@ -14,12 +14,12 @@ from celltrails.ctc import (
     write_label_frame,
     write_track_table,
 )
-from celltrails.ctc_export import add_local_foreground, render_frame, write_ctc
-from celltrails.foreground import intensity_foreground, series_foreground
-from celltrails.ome_zarr_io import create_image_store
+from celltrails.ctc_export import add_local_foreground, cell_levels, render_frame, write_ctc
 from celltrails.evaluate import evaluate_ctc, evaluate_points, segmentation_score, track_edges
+from celltrails.foreground import intensity_foreground, series_foreground
 from celltrails.lineage import LineageParams, assemble_tracks
 from celltrails.linking import LinkParams, link_frames
+from celltrails.ome_zarr_io import create_image_store
 from celltrails.serialize import write_metrics
 from ctc_metrics import validate_sequence
 from detections_factory import (
@@ -32,6 +32,7 @@ from detections_factory import (
     write_clipped_gt,
     write_gt_folder,
 )
+from scipy import ndimage
 from test_linking import division_truth
 
 SHAPE = (1, 200, 200)
@@ -246,7 +247,8 @@ def test_local_foreground_is_the_level_contour_within_reach_and_ignores_noise():
         foreground = intensity_foreground(frame, sigma=1.0, voxel_size=voxel)
         cells = np.array([[z0, 30.0, 20.0], [z0, 45.0, 45.0]])  # the dome, and a detection in noise
         radius = np.array([4.0, 4.0])
-        grown = {level: add_local_foreground(foreground, cells, radius, voxel, 2.0, level).mask
+        grown = {level: add_local_foreground(foreground, cells, radius, voxel, 2.0,
+                                             cell_levels(foreground, cells, radius, voxel, 2.0, level)).mask
                  & ~foreground.mask for level in (0.2, 0.6)}
         smoothed = foreground.smoothed
         distance = np.sqrt((3 * (zz - z0)) ** 2 + (yy - 30) ** 2 + (xx - 20) ** 2)  # in xy pixels
@@ -272,8 +274,9 @@ def test_a_dim_nucleus_with_a_dark_centre_still_takes_its_local_foreground():
     frame = 100 + 80 * ((distance <= 12) & (distance > 8)) + rng.normal(0, 5, (60, 100))
     frame[20:40, 70:90] = 2000.0
     foreground = intensity_foreground(frame[None], sigma=1.0)
-    added = add_local_foreground(foreground, np.array([[0, 30.0, 30.0]]), np.array([12.0]), (1.0, 1.0, 1.0),
-                                 1.5, 0.2).mask[0] & ~foreground.mask[0]
+    centre, radius = np.array([[0, 30.0, 30.0]]), np.array([12.0])
+    levels = cell_levels(foreground, centre, radius, (1.0, 1.0, 1.0), 1.5, 0.2)
+    added = add_local_foreground(foreground, centre, radius, (1.0, 1.0, 1.0), 1.5, levels).mask[0] & ~foreground.mask[0]
     ring = (distance <= 12) & (distance > 8)
     assert added[ring].mean() > 0.8 and not foreground.mask[0][ring].any()
 
@@ -289,6 +292,39 @@ def test_grown_ellipsoids_respect_the_anisotropy():
     assert z.min() == 7 and z.max() == 13
     assert np.sqrt((3 * (z - 10)) ** 2 + (y - 20) ** 2 + (x - 20) ** 2).max() <= 9.0
     assert (grown == 1).sum() > 2 * (render_frame(cells, {1: 1}, (21, 40, 40), voxel_size=(3.0, 1.0, 1.0)) == 1).sum()
+
+
+def test_a_bright_nucleus_grows_only_within_its_own_level():
+    # Three dim nuclei (1000 on 100) set Otsu's threshold near 550; the blur of a bright one (4000)
+    # clears it a slice beyond the nucleus. With local_level the bright cell grows only into voxels
+    # above its own level (0.2 of its contrast, near 790), which keeps its mask nearer the nucleus.
+    voxel = (3.0, 1.0, 1.0)
+    zz, yy, xx = np.mgrid[:21, :64, :64]
+
+    def ellipsoid(y: float, x: float, r: float) -> np.ndarray:
+        return (3 * (zz - 10)) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+
+    frame = np.full((21, 64, 64), 100.0)
+    for y, x in ((45, 20), (20, 45), (45, 45)):
+        frame[ellipsoid(y, x, 9.0)] = 1000.0
+    nucleus = ellipsoid(20, 20, 6.0)
+    frame[nucleus] = 4000.0
+    foreground = intensity_foreground(ndimage.gaussian_filter(frame, 1.0), sigma=0.5, voxel_size=voxel)
+    cells = pd.DataFrame({"track_id": [1, 2, 3, 4], "z": 10.0, "y": [20.0, 45.0, 20.0, 45.0],
+                          "x": [20.0, 20.0, 45.0, 45.0], "radius": [6.0, 9.0, 9.0, 9.0]})
+    labels = {k: k for k in range(1, 5)}
+    level = cell_levels(foreground, cells[["z", "y", "x"]].to_numpy(float), cells["radius"].to_numpy(float),
+                        voxel, 1.5, 0.2)[0]
+    otsu, bounded = (render_frame(cells, labels, (21, 64, 64), voxel, foreground, reach=1.5, local_level=lv) == 1
+                     for lv in (None, 0.2))
+    disk = render_frame(cells, labels, (21, 64, 64), voxel) == 1
+    assert (foreground.smoothed[otsu & ~disk] <= level).any()  # Otsu alone takes the blurred rim
+    assert (foreground.smoothed[bounded & ~disk] > level).all() and (bounded & ~disk).any()
+
+    def iou(mask: np.ndarray) -> float:
+        return (mask & nucleus).sum() / (mask | nucleus).sum()
+
+    assert iou(bounded) > iou(otsu) + 0.03
 
 
 def test_intensity_foreground_rejects_nan_and_finds_nothing_in_a_flat_frame():
