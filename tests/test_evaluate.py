@@ -276,7 +276,8 @@ def test_a_dim_nucleus_with_a_dark_centre_still_takes_its_local_foreground():
     foreground = intensity_foreground(frame[None], sigma=1.0)
     centre, radius = np.array([[0, 30.0, 30.0]]), np.array([12.0])
     levels = cell_levels(foreground, centre, radius, (1.0, 1.0, 1.0), 1.5, 0.2)
-    added = add_local_foreground(foreground, centre, radius, (1.0, 1.0, 1.0), 1.5, levels).mask[0] & ~foreground.mask[0]
+    added = add_local_foreground(foreground, centre, radius, (1.0, 1.0, 1.0), 1.5, levels).mask[0]
+    added &= ~foreground.mask[0]
     ring = (distance <= 12) & (distance > 8)
     assert added[ring].mean() > 0.8 and not foreground.mask[0][ring].any()
 
@@ -313,13 +314,16 @@ def test_a_bright_nucleus_grows_only_within_its_own_level():
     cells = pd.DataFrame({"track_id": [1, 2, 3, 4], "z": 10.0, "y": [20.0, 45.0, 20.0, 45.0],
                           "x": [20.0, 20.0, 45.0, 45.0], "radius": [6.0, 9.0, 9.0, 9.0]})
     labels = {k: k for k in range(1, 5)}
-    level = cell_levels(foreground, cells[["z", "y", "x"]].to_numpy(float), cells["radius"].to_numpy(float),
-                        voxel, 1.5, 0.2)[0]
-    otsu, bounded = (render_frame(cells, labels, (21, 64, 64), voxel, foreground, reach=1.5, local_level=lv) == 1
-                     for lv in (None, 0.2))
-    disk = render_frame(cells, labels, (21, 64, 64), voxel) == 1
-    assert (foreground.smoothed[otsu & ~disk] <= level).any()  # Otsu alone takes the blurred rim
-    assert (foreground.smoothed[bounded & ~disk] > level).all() and (bounded & ~disk).any()
+    levels = cell_levels(foreground, cells[["z", "y", "x"]].to_numpy(float), cells["radius"].to_numpy(float),
+                         voxel, 1.5, 0.2)
+    masks = render_frame(cells, labels, (21, 64, 64), voxel, foreground, reach=1.5, local_level=0.2)
+    disks = render_frame(cells, labels, (21, 64, 64), voxel)
+    otsu = render_frame(cells, labels, (21, 64, 64), voxel, foreground, reach=1.5) == 1
+    bounded, disk = masks == 1, disks == 1
+    assert (foreground.smoothed[otsu & ~disk] <= levels[0]).any()  # Otsu alone takes the blurred rim
+    for k in (1, 2, 3, 4):  # every cell, dim ones too, grows and stops at its own level
+        grown = (masks == k) & (disks != k)
+        assert grown.any() and (foreground.smoothed[grown] > levels[k - 1]).all()
 
     def iou(mask: np.ndarray) -> float:
         return (mask & nucleus).sum() / (mask | nucleus).sum()
@@ -526,6 +530,17 @@ def test_seg_of_an_empty_result_is_zero(tmp_path):
     (res / "res_track.txt").write_text("")
     metrics = evaluate_ctc(gt / "TRA", res)
     assert metrics["SEG"] == 0.0 and metrics["seg_frames"] == 2 and metrics["TRA"] == 0.0
+    for mask in res.glob("mask*.tif"):  # an annotated frame without a result mask scores 0 too
+        mask.unlink()
+    assert segmentation_score(gt, res)["SEG"] == 0.0
+
+
+def test_seg_takes_any_uint16_labels(tmp_path):
+    # Track ids near the top of uint16 (py-ctcmetrics' label offsets wrap there and score 0).
+    markers = np.zeros((16, 16), np.uint16)
+    markers[2:6, 2:6], markers[8:12, 8:12] = 65500, 65501
+    gt, res = _seg_case(tmp_path, {t: markers for t in range(3)})
+    assert segmentation_score(gt, res)["SEG"] == 1.0
 
 
 def test_points_scores_say_why_seg_is_null():

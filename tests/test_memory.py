@@ -15,11 +15,12 @@ import torch
 from celltrails.ctc_export import write_ctc
 from celltrails.detector.infer import detect_block
 from celltrails.detector.model import CellDetector, DetectorConfig
-from celltrails.evaluate import evaluate_ctc
+from celltrails.evaluate import evaluate_ctc, segmentation_score
 from celltrails.foreground import series_foreground
 from celltrails.memory import (
     DETECT_BYTES_PER_VOXEL,
     EVALUATE_BYTES_PER_SERIES_VOXEL,
+    EVALUATE_SEG_BYTES_PER_FRAME_VOXEL,
     LINEAGE_BYTES_PER_VOXEL,
     detect_memory_mb,
     evaluate_memory_mb,
@@ -133,6 +134,26 @@ def test_evaluate_request_covers_both_mask_series(tmp_path, is_3d):
     # The series as one tall "frame" of n_frames x frame voxels, so assert_covered counts its voxels.
     series = [(n * frame[0], *frame[1:]) for n in (4, 12)]
     assert_covered(prepare, run, series, EVALUATE_BYTES_PER_SERIES_VOXEL)
+
+
+@pytest.mark.parametrize("is_3d", [False, True])
+def test_seg_request_covers_one_frame(tmp_path, is_3d):
+    """SEG reads one annotated frame at a time (its masks and their contingency table)."""
+
+    def prepare(shape):
+        folder = tmp_path / "x".join(map(str, shape))
+        tracks = nuclei_store(folder / "image.ome.zarr", shape, n_frames=2)
+        write_ctc(tracks, folder / "res", shape=shape, n_frames=2, voxel_size=VOXEL)
+        for sub, prefix in (("TRA", "man_track"), ("SEG", "man_seg")):
+            (folder / "gt" / sub).mkdir(parents=True)
+            for mask in (folder / "res").glob("mask*.tif"):
+                (folder / "gt" / sub / mask.name.replace("mask", prefix)).write_bytes(mask.read_bytes())
+        return folder
+
+    def run(folder):
+        assert segmentation_score(folder / "gt", folder / "res")["SEG"] == 1.0
+
+    assert_covered(prepare, run, SIZES[is_3d], EVALUATE_SEG_BYTES_PER_FRAME_VOXEL)
 
 
 def test_requests_grow_with_the_frame_not_the_series():

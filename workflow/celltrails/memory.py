@@ -28,6 +28,7 @@ LINEAGE_BYTES_PER_VOXEL = {("foreground", False): 65, ("foreground", True): 36, 
                            ("disk", False): 10, ("disk", True): 10}  # measured 9, 8
 EVALUATE_FIXED_MB = 2000
 EVALUATE_BYTES_PER_SERIES_VOXEL = 8  # measured 7.5 (2D), 4.3 (3D): both mask series, uint16 or wider
+EVALUATE_SEG_BYTES_PER_FRAME_VOXEL = 40  # measured 32 (2D and 3D): SEG reads one frame at a time
 
 
 def frame_voxels(meta: ImageMeta) -> int:
@@ -51,6 +52,10 @@ def lineage_memory_mb(meta: ImageMeta, mask_shape: str) -> int:
 
 def evaluate_memory_mb(meta: ImageMeta, masks: bool) -> int:
     """Memory the ``evaluate_tracking`` job of this image needs: with ``masks`` (CTC ground truth)
-    both mask series are loaded whole; a points table needs only the fixed part."""
-    series_voxels = meta.n_frames * frame_voxels(meta) if masks else 0
-    return EVALUATE_FIXED_MB + math.ceil(series_voxels * EVALUATE_BYTES_PER_SERIES_VOXEL / 1e6)
+    both mask series are loaded whole, then freed before SEG reads one frame at a time; a points
+    table needs only the fixed part."""
+    if not masks:
+        return EVALUATE_FIXED_MB
+    need = max(meta.n_frames * frame_voxels(meta) * EVALUATE_BYTES_PER_SERIES_VOXEL,
+               frame_voxels(meta) * EVALUATE_SEG_BYTES_PER_FRAME_VOXEL)
+    return EVALUATE_FIXED_MB + math.ceil(need / 1e6)
