@@ -38,6 +38,7 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
         assert "error" not in tool, tool.get("error")
         assert {"TRA", "DET", "LNK", "division_f1"} <= set(tool["metrics"])
         assert 0.0 <= tool["metrics"]["TRA"] <= 1.0
+        assert 0.0 < tool["metrics"]["SEG"] <= 1.0  # the generator's SEG annotations
         assert tool["end_to_end_s"] > 0 and tool["peak_rss_mb"] > 0
     assert {"convert", "detect", "link", "lineage"} <= set(tools["celltrails_zeroshot"]["stages"])
     assert {"segment", "link"} <= set(tools["classical_laptrack"]["stages"])
@@ -54,6 +55,7 @@ def test_quick_suite_writes_results(tmp_path: Path) -> None:
     for heading in ("## Accuracy and cost", "## Wall time and peak memory per stage", "## Linking throughput",
                     "## Scaling with series length", "## Setup"):
         assert heading in report
+    assert "| BC(1) | SEG |" in report
     for plot in ("results_accuracy_vs_time.png", "results_scaling.png"):
         assert (work / plot).stat().st_size > 5_000
         assert plot in report

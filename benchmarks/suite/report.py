@@ -128,7 +128,9 @@ def _accuracy_section(results: dict) -> list[str]:
              ("TRA, DET, LNK: CTC measures (traccuracy CTCMatcher); division F1 with a one-frame buffer "
              "(traccuracy; the notes say which matching it used); all through "
              "`celltrails.evaluate.evaluate_ctc`. BC(1): the CTC's own division F1 (same one-frame tolerance) "
-             "from py-ctcmetrics, on series with at least 5 ground-truth divisions. "
+             "from py-ctcmetrics, on series with at least 5 ground-truth divisions. SEG: the CTC segmentation "
+             "measure of the tool's CTC masks (`celltrails.evaluate.segmentation_score`) where the ground truth "
+             "annotates whole frames. "
              "End to end = the tool's inference "
              "stages from raw frames to a CTC result (scoring and training apart), wall and CPU (user + system) "
              "seconds; × celltrails = this tool's end-to-end wall time over celltrails' (trained where "
@@ -138,20 +140,21 @@ def _accuracy_section(results: dict) -> list[str]:
         ours = reference(tools)
         lines += [(f"### {entry['title']} (`{name}`, {entry['n_frames']} frames, nucleus radius "
                   f"{entry['radius_px']:g} px)"), "",
-                  ("| tool | TRA | DET | LNK | division F1 | BC(1) | end to end (s) | CPU (s) | s / frame "
-                   "| × celltrails | peak MiB | training (s) |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  ("| tool | TRA | DET | LNK | division F1 | BC(1) | SEG | end to end (s) | CPU (s) | s / frame "
+                   "| × celltrails | peak MiB | training (s) |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         notes: dict[str, list[str]] = {}  # note -> tools it applies to
         for key, result in tools.items():
             label = TOOLS.get(key, key)
             if not _ok(result):
-                lines.append(f"| {label} | failed | | | | | | | | | | |")
+                lines.append(f"| {label} | failed | | | | | | | | | | | |")
                 notes.setdefault(f"failed: {error_line(result.get('error', 'no result'))}", []).append(label)
                 continue
             m = result["metrics"]
             ratio = result["end_to_end_s"] / ours["end_to_end_s"] if ours and ours["end_to_end_s"] else None
             training = result.get("training", {}).get("seconds")
             lines.append(f"| {label} | {_fmt(m['TRA'])} | {_fmt(m['DET'])} | {_fmt(m['LNK'])} | "
-                         f"{_fmt(m['division_f1'])} | {_fmt(m.get('bc1'))} | {_fmt(result['end_to_end_s'], 1)} | "
+                         f"{_fmt(m['division_f1'])} | {_fmt(m.get('bc1'))} | {_fmt(m.get('SEG'))} | "
+                         f"{_fmt(result['end_to_end_s'], 1)} | "
                          f"{_fmt(result['end_to_end_cpu_s'], 1)} | "
                          f"{_fmt(result['per_frame_s'], 3)} | {_fmt(ratio, 2)} | {_fmt(result['peak_rss_mb'], 0)} | "
                          f"{_fmt(training, 1)} |")
