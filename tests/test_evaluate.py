@@ -535,6 +535,18 @@ def test_seg_of_an_empty_result_is_zero(tmp_path):
     assert segmentation_score(gt, res)["SEG"] == 0.0
 
 
+def test_seg_pairs_each_annotation_with_its_own_result_mask(tmp_path):
+    shrunk = np.zeros((16, 16), np.uint16)
+    shrunk[2:6, 2:5], shrunk[8:12, 8:12] = 1, 2
+    gt, res = _seg_case(tmp_path, {2: shrunk})
+    write_label_frame(np.zeros((16, 16), np.uint16), res, "mask002_old", 0, 3)  # not a CTC mask name
+    (res / "mask.tif").write_bytes(b"")
+    assert segmentation_score(gt, res)["SEG"] == pytest.approx((1 + 1 + 0.75 + 1) / 4)
+    (res / "mask002.tif").unlink()
+    missing = segmentation_score(gt, res)
+    assert missing["SEG"] == pytest.approx(0.5) and any("[2] have no result mask" in n for n in missing["notes"])
+
+
 def test_seg_takes_any_uint16_labels(tmp_path):
     # Track ids near the top of uint16 (py-ctcmetrics' label offsets wrap there and score 0).
     markers = np.zeros((16, 16), np.uint16)

@@ -20,6 +20,7 @@ from celltrails.foreground import series_foreground
 from celltrails.memory import (
     DETECT_BYTES_PER_VOXEL,
     EVALUATE_BYTES_PER_SERIES_VOXEL,
+    EVALUATE_FIXED_MB,
     EVALUATE_SEG_BYTES_PER_FRAME_VOXEL,
     LINEAGE_BYTES_PER_VOXEL,
     detect_memory_mb,
@@ -168,5 +169,8 @@ def test_requests_grow_with_the_frame_not_the_series():
     assert lineage_memory_mb(large, "foreground") > 30_000 > lineage_memory_mb(large, "disk")
     assert evaluate_memory_mb(meta((500, 2, 50, 2048, 2048)), masks=True) > 100 * evaluate_memory_mb(small, masks=False)
     assert evaluate_memory_mb(meta((500, 2, 50, 2048, 2048)), masks=False) == evaluate_memory_mb(small, masks=False)
+    short = meta((2, 1, 50, 2048, 2048))  # two frames: SEG's one frame needs more than both series
+    assert evaluate_memory_mb(short, masks=True) * 1e6 > (EVALUATE_FIXED_MB * 1e6
+                                                          + EVALUATE_SEG_BYTES_PER_FRAME_VOXEL * 50 * 2048 * 2048)
     with pytest.raises(ValueError, match="unknown CTC mask shape 'ellipse'"):
         lineage_memory_mb(small, "ellipse")

@@ -9,6 +9,7 @@ which JSON cannot hold.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 from pathlib import Path
@@ -24,8 +25,6 @@ from traccuracy import TrackingGraph, run_metrics
 from traccuracy.loaders import load_ctc_data
 from traccuracy.matchers import CTCMatcher, IOUMatcher, PointMatcher
 from traccuracy.metrics import CTCMetrics, DivisionMetrics
-
-from celltrails.ctc import frame_number
 
 POINT_COLUMNS = ("t", "z", "y", "x", "cell_id", "parent_id")
 _COUNTS = ("fp_nodes", "fn_nodes", "ns_nodes", "fp_edges", "fn_edges", "ws_edges")
@@ -124,7 +123,8 @@ def evaluate_ctc(gt_tra_folder: str | Path, res_folder: str | Path) -> dict:
         pred = load_ctc_data(str(res_folder), str(res_folder / "res_track.txt"), name="pred")
         scores = _score(gt, pred, CTCMatcher(), "CTCMatcher")
         del pred
-    del gt  # both mask series: SEG then needs one frame at a time
+    del gt  # both mask series, held in reference cycles (hence the collection): SEG needs one frame
+    gc.collect()
     seg = segmentation_score(gt_tra_folder.parent, res_folder)
     scores["notes"].extend(seg.pop("notes"))
     return scores | seg
@@ -157,11 +157,14 @@ def segmentation_score(gt_folder: str | Path, res_folder: str | Path) -> dict:
         out["notes"].append(f"SEG is null: {seg_folder} annotates single slices (man_seg_TTT_ZZZ.tif), "
                             "which this evaluation does not score")
         return out
-    results = {frame_number(path): path for path in res_folder.glob("mask*.tif")}
-    jaccard, nuclei = 0.0, 0
+    named = (re.fullmatch(r"mask(\d+)\.tif", path.name) for path in res_folder.iterdir())
+    results = {int(match[1]): res_folder / match[0] for match in named if match}
+    jaccard, nuclei, missing = 0.0, 0, []
     for path, number in zip(frames, numbers):
         reference = tifffile.imread(path)
         t = int(number[1])
+        if t not in results:
+            missing.append(t)
         result = tifffile.imread(results[t]) if t in results else np.zeros_like(reference)
         if result.shape != reference.shape:
             raise ValueError(f"{results[t]}: mask shape {result.shape} differs from "
@@ -170,6 +173,9 @@ def segmentation_score(gt_folder: str | Path, res_folder: str | Path) -> dict:
         jaccard, nuclei = jaccard + frame_jaccard, nuclei + frame_nuclei
     out["seg_frames"] = len(frames)
     out["SEG"] = jaccard / nuclei if nuclei else None
+    if missing:
+        out["notes"].append(f"SEG: annotated frames {missing[:10]} have no result mask (maskTTT.tif) in "
+                            f"{res_folder}; their nuclei score 0")
     if not nuclei:
         out["notes"].append(f"SEG is null: the SEG annotations in {seg_folder} hold no nucleus")
     return out
