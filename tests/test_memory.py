@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,6 +113,13 @@ def test_lineage_request_covers_the_mask_export(tmp_path, mask_shape, is_3d):
     assert_covered(prepare, run, SIZES[is_3d], LINEAGE_BYTES_PER_VOXEL[mask_shape, is_3d])
 
 
+def copy_masks(result: Path, folder: Path, prefix: str) -> None:
+    """The result's maskTTT.tif as ground-truth frames {prefix}TTT.tif in ``folder``."""
+    folder.mkdir(parents=True)
+    for mask in result.glob("mask*.tif"):
+        (folder / mask.name.replace("mask", prefix)).write_bytes(mask.read_bytes())
+
+
 @pytest.mark.parametrize("is_3d", [False, True])
 def test_evaluate_request_covers_both_mask_series(tmp_path, is_3d):
     """traccuracy loads the ground-truth and result masks of the whole series: the request is per
@@ -123,9 +131,7 @@ def test_evaluate_request_covers_both_mask_series(tmp_path, is_3d):
         folder = tmp_path / f"{n_frames}"
         tracks = nuclei_store(folder / "image.ome.zarr", frame, n_frames)
         write_ctc(tracks, folder / "res", shape=frame, n_frames=n_frames, voxel_size=VOXEL)
-        (folder / "gt").mkdir()
-        for mask in (folder / "res").glob("mask*.tif"):
-            (folder / "gt" / mask.name.replace("mask", "man_track")).write_bytes(mask.read_bytes())
+        copy_masks(folder / "res", folder / "gt", "man_track")
         (folder / "gt" / "man_track.txt").write_bytes((folder / "res" / "res_track.txt").read_bytes())
         return folder
 
@@ -145,10 +151,8 @@ def test_seg_request_covers_one_frame(tmp_path, is_3d):
         folder = tmp_path / "x".join(map(str, shape))
         tracks = nuclei_store(folder / "image.ome.zarr", shape, n_frames=2)
         write_ctc(tracks, folder / "res", shape=shape, n_frames=2, voxel_size=VOXEL)
-        for sub, prefix in (("TRA", "man_track"), ("SEG", "man_seg")):
-            (folder / "gt" / sub).mkdir(parents=True)
-            for mask in (folder / "res").glob("mask*.tif"):
-                (folder / "gt" / sub / mask.name.replace("mask", prefix)).write_bytes(mask.read_bytes())
+        copy_masks(folder / "res", folder / "gt" / "TRA", "man_track")
+        copy_masks(folder / "res", folder / "gt" / "SEG", "man_seg")
         return folder
 
     def run(folder):

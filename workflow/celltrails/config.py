@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -20,3 +21,9 @@ def config_problems(config: dict, schema_path: str | Path) -> list[str]:
         where = ".".join(str(p) for p in error.path) or "config"
         problems.append(f"{where}: {error.message}")
     return problems
+
+
+def is_range(bounds: Sequence[float], positive: bool) -> bool:
+    """Whether ``bounds`` is a range [low, high]: two numbers, low <= high, and low > 0 when
+    ``positive`` (a factor such as a scale or a gamma), else low >= 0."""
+    return len(bounds) == 2 and (bounds[0] > 0 if positive else bounds[0] >= 0) and bounds[0] <= bounds[1]

@@ -2,6 +2,7 @@
 
 from snakemake.exceptions import WorkflowError
 
+from celltrails.config import is_range
 from celltrails.datasets import load_datasets
 from celltrails.errors import InputError
 from celltrails.memory import detect_memory_mb, evaluate_memory_mb, lineage_memory_mb
@@ -88,11 +89,10 @@ _check_training_datasets("detector")
 
 
 def _check_detector_augmentation():
-    # The schema checks each bound; the order of the two is checked here, not by building an
-    # Augmentation (which checks it too), so that reading the workflow does not import torch.
+    # The schema checks each bound, not their order (the rule Augmentation applies, without torch).
     for key in ("intensity_scale", "gamma"):
         low, high = config["detector"]["training"][key]
-        if low > high:
+        if not is_range((low, high), positive=True):
             raise WorkflowError(f"config detector.training.{key}: [{low}, {high}] is not a range [low, high]")
 
 

@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from celltrails.config import is_range
 from celltrails.detector.normalize import (
     SCOPES,
     apply_percentiles,
@@ -107,8 +108,7 @@ class Augmentation:
         for name in ("intensity_scale", "gamma", "noise_std", "blur_sigma"):
             bounds = tuple(float(v) for v in np.atleast_1d(getattr(self, name)))
             positive = name in ("intensity_scale", "gamma")
-            low_ok = len(bounds) == 2 and (bounds[0] > 0 if positive else bounds[0] >= 0)
-            if not (low_ok and bounds[0] <= bounds[1]):
+            if not is_range(bounds, positive):
                 raise ValueError(f"augmentation {name} must be a range [low, high] with "
                                  f"{'0 <' if positive else '0 <='} low <= high, got {list(bounds)}")
             object.__setattr__(self, name, bounds)  # frozen: hashable tuples whatever the caller passed
