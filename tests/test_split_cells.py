@@ -107,6 +107,20 @@ def test_one_tail_continues_the_mother_and_its_daughters_follow():
     assert lineage_of(merged(cells)) == {1: (0, 12, -1), 2: (13, 15, 1), 3: (13, 15, 1)}
 
 
+def test_a_granddaughter_merged_in_the_same_round_follows_her_renamed_mother():
+    """Two merges of one round: the tail of the first (track 2) continues track 1, and track 5, her
+    daughter, is merged too; the cells merged into track 5 must name track 1's id as their parent,
+    not track 2's, which no longer exists (Fluo-N2DH-GOWT1 02 ended the lineage job that way)."""
+    cells = Lineage()
+    cells.split(range(3, 9), ridge=0.8)
+    cells.add(2, 1, range(9, 13), 50.0, 50.0)  # one half goes on alone ...
+    cells.add(5, 2, range(13, 17), 50.0, 30.0)  # ... and divides for real
+    cells.add(6, 2, range(13, 16), 50.0, 70.0)
+    cells.add(7, 5, range(17, 23), 50.0, 26.0, ridge=0.8, partner=8.0)  # daughter 5 is split later
+    cells.add(8, 5, range(17, 23), 50.0, 34.0, ridge=0.8, partner=8.0)
+    assert lineage_of(merged(cells)) == {1: (0, 12, -1), 2: (13, 22, 1), 3: (13, 15, 1)}
+
+
 def test_a_half_that_goes_on_alone_and_splits_again_is_merged_again():
     cells = Lineage()
     cells.split(range(3, 9), ridge=0.8)

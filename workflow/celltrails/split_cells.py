@@ -230,14 +230,15 @@ def _merge(tracks: pd.DataFrame, index: _Index, detections: pd.DataFrame,
                           **{c: (values[c][a] + values[c][b]) / 2 for c in ("z", "y", "x")},
                           "radius": np.maximum(values["radius"][a], values["radius"][b]) + half})
     tracks = tracks.drop(index=np.concatenate([a, b]))
+    tracks = pd.concat([tracks, cells.astype(tracks.dtypes)], ignore_index=True)
     if renamed:
+        # After the concatenation: a merged cell's parent can be another plan's renamed tail.
         tail = tracks["track_id"].isin(list(renamed)).to_numpy()
         mother, grandparent = zip(*(renamed[t] for t in tracks.loc[tail, "track_id"]))
         tracks.loc[tail, "track_id"] = mother
         tracks.loc[tail, "parent_track_id"] = grandparent
         tracks["parent_track_id"] = tracks["parent_track_id"].replace({k: m for k, (m, _) in renamed.items()})
-    return pd.concat([tracks, cells.astype(tracks.dtypes)], ignore_index=True).sort_values(
-        ["track_id", "t"], ignore_index=True)
+    return tracks.sort_values(["track_id", "t"], ignore_index=True)
 
 
 def _scores(detections: pd.DataFrame, cell_ids: np.ndarray) -> np.ndarray:
