@@ -266,6 +266,44 @@ def test_channel_argument_overrides_the_checkpoint_channel(series_2d):
     assert positions(mirrored) == {(t, z, y, 63 - x) for t in range(3) for z, y, x in CENTRES_2D}
 
 
+class LeaningOracle(Oracle):
+    """An Oracle whose centre map leans 2 px towards +y and +x: a network with a directional bias."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(x)
+        return out | {"center": torch.roll(out["center"], shifts=(2, 2), dims=(-2, -1))}
+
+
+def test_flip_averaging_cancels_a_directional_bias(series_2d):
+    leaning = run(series_2d, LeaningOracle())
+    assert positions(leaning) == {(t, z, y + 2, x + 2) for t in range(3) for z, y, x in CENTRES_2D}
+    averaged = run(series_2d, LeaningOracle(), flip_average=True)
+    assert positions(averaged) == {(t, *c) for t in range(3) for c in CENTRES_2D}
+
+
+def test_flip_averaged_detections_mirror_with_the_image(series_2d):
+    """Averaged over the flips, any network (here an untrained, lopsided one) finds the mirrored
+    cells of the mirrored image (channel 0 is channel 1 mirrored in x); a single pass does not."""
+    model_module = pytest.importorskip("celltrails.detector.model")
+    torch.manual_seed(0)
+    model = model_module.CellDetector(model_module.DetectorConfig(spatial_dims=2, base_channels=4, depth=2,
+                                                                  embedding_dim=6))
+
+    def found(channel: int, flip_average: bool) -> pd.DataFrame:
+        table = run(series_2d, model, channel=channel, threshold=0.01, flip_average=flip_average)
+        if channel == 0:
+            table = table.assign(x=63 - table["x"])
+        return table.sort_values(["t", "z", "y", "x"], ignore_index=True)
+
+    image, mirror = found(1, True), found(0, True)
+    assert len(image) > 10
+    pd.testing.assert_frame_equal(image[["t", "z", "y", "x"]], mirror[["t", "z", "y", "x"]])
+    np.testing.assert_allclose(image[["score", "radius"]], mirror[["score", "radius"]], rtol=1e-4, atol=1e-5)
+    one_pass, one_pass_mirror = found(1, False), found(0, False)
+    assert not (len(one_pass) == len(one_pass_mirror)
+                and np.allclose(one_pass[["x", "score"]], one_pass_mirror[["x", "score"]], rtol=1e-4))
+
+
 def test_odd_frame_is_padded_to_the_model_multiple(tmp_path):
     rng = np.random.default_rng(2)
     centres = [(0, 10, 10), (0, 40, 36)]

@@ -21,6 +21,7 @@ with script_logging(snakemake.log[0]) as log:
                                   settings["candidate_fraction"]),
         min_distance=settings["min_distance"],
         batch_size=settings["batch_size"],
+        flip_average=settings["flip_average"],
         threads=snakemake.threads,
         logger=log,
     )

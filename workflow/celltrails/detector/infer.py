@@ -234,15 +234,30 @@ def inference_layout(model: torch.nn.Module) -> Iterator[None]:
         model.to(memory_format=torch.contiguous_format).train(was_training)
 
 
+OUTPUTS = ("center", "radius", "division", "embedding")
+FLIPS = ((), (-2,), (-1,), (-2, -1))  # none, y, x, both: dims of (B, C, Z, Y, X)
+
+
 def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
-              amp: torch.dtype | None, valid: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Model outputs for a tile batch, float32 and cropped to the part of the tiles in the frame."""
+              amp: torch.dtype | None, valid: Sequence[int], flip_average: bool = False
+              ) -> dict[str, torch.Tensor]:
+    """Model outputs for a tile batch, float32 and cropped to the part of the tiles in the frame.
+
+    ``flip_average``: the mean of the outputs for the tiles as they are and flipped in y, in x and
+    in both (each output flipped back), four passes (logits, radius and embedding alike).
+    """
     x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last_3d)
     context = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    with context:
-        out = model(x)
+    flips = FLIPS if flip_average else FLIPS[:1]
+    total: dict[str, torch.Tensor] = {}
+    for dims in flips:
+        with context:
+            out = model(torch.flip(x, dims) if dims else x)
+        for key in OUTPUTS:
+            value = (torch.flip(out[key], dims) if dims else out[key]).float()
+            total[key] = total[key] + value if key in total else value
     crop = (..., *(slice(0, v) for v in valid))
-    return {key: out[key][crop].float() for key in ("center", "radius", "division", "embedding")}
+    return {key: total[key][crop] / len(flips) for key in OUTPUTS}
 
 
 # --- peaks --------------------------------------------------------------------------------------------
@@ -473,6 +488,7 @@ class PairRunner:
     amp: torch.dtype | None
     batch_size: int
     timer: PhaseTimer
+    flip_average: bool = False
 
     def run(self, t: int, t_next: int, daughters: np.ndarray, *, want_peaks: bool,
             want_daughters: bool) -> list[Peaks]:
@@ -485,7 +501,7 @@ class PairRunner:
             indices = range(first, min(first + self.batch_size, len(self.grid)))
             with self.timer.phase("model"):
                 out = run_model(self.model, tile_batch(pair, self.grid, indices), self.device, self.amp,
-                                self.grid.valid)
+                                self.grid.valid, self.flip_average)
             with self.timer.phase("peaks"):
                 if want_peaks:
                     peaks = find_peaks(out, self.grid, indices, self.peaks)
@@ -510,7 +526,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
                  tile: Sequence[int] = (64, 256, 256), overlap: Sequence[int] = (8, 32, 32),
                  threshold: float | None = None, min_distance: float = 4.0, device: str = "cpu",
                  batch_size: int = 4, threads: int = 1, precision: str = "auto", binning: int = 1,
-                 nucleus_radius: float | None = None, logger: logging.Logger | None = None) -> pd.DataFrame:
+                 nucleus_radius: float | None = None, flip_average: bool = False,
+                 logger: logging.Logger | None = None) -> pd.DataFrame:
     """Detections of frames ``t_start..t_stop-1`` of an OME-Zarr image, sorted by t, z, y, x.
 
     ``settings`` is the checkpoint's metadata: ``normalization`` (its ``low`` and ``high`` go to
@@ -524,6 +541,8 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     :mod:`celltrails.detector.scale`); positions and radii are returned in image pixels either way.
     ``nucleus_radius`` (image px, the dataset's) sizes the blocks of the test for signal above the
     noise (:mod:`celltrails.detector.signal`); None takes the checkpoint's ``working_radius``.
+    ``flip_average`` averages the network's maps over the tiles flipped in y and x (:func:`run_model`,
+    four times the model time).
 
     Frame t is run as the pair (t, t+1), the last frame of the series as (T-1, T-1).
     division_prob = max(mother ch0 of pass (t, t+1), daughter ch1 of pass (t-1, t)); the ch1 map is
@@ -548,10 +567,11 @@ def detect_block(image_path: str | Path, model: torch.nn.Module, settings: Mappi
     runner = PairRunner(model, frames, plan_tiles(array.shape[2:], tile, overlap, size_multiples(model)),
                         PeakSettings.make(threshold, min_distance, voxel_size, meta.is_3d),
                         torch_device, autocast_dtype(torch_device, precision), batch_size,
-                        PhaseTimer(torch_device))
-    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d, centre threshold %.2f%s",
+                        PhaseTimer(torch_device), flip_average)
+    logger.info("detecting frames %d..%d on %s: %d tiles of %s per frame, batch %d, centre threshold %.2f%s%s",
                 t_start, t_stop - 1, torch_device, len(runner.grid), runner.grid.size, batch_size, threshold,
-                f", image binned {binning}x{binning} in y, x" if binning > 1 else "")
+                f", image binned {binning}x{binning} in y, x" if binning > 1 else "",
+                ", maps averaged over y and x flips" if flip_average else "")
     with torch.inference_mode(), inference_layout(model):
         radius = (nucleus_radius / binning if nucleus_radius is not None
                   else float(settings.get("working_radius", DEFAULT_WORKING_RADIUS)))
