@@ -267,38 +267,73 @@ def test_channel_argument_overrides_the_checkpoint_channel(series_2d):
 
 
 class LeaningOracle(Oracle):
-    """An Oracle whose centre map leans 2 px towards +y and +x: a network with a directional bias."""
+    """An Oracle whose centre map leans 2 px towards +y and +x: a network with a directional bias
+    (``torch.roll`` wraps at the tile's edges: keep the cells away from them)."""
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().forward(x)
         return out | {"center": torch.roll(out["center"], shifts=(2, 2), dims=(-2, -1))}
 
 
-def test_flip_averaging_cancels_a_directional_bias(series_2d):
-    leaning = run(series_2d, LeaningOracle())
-    assert positions(leaning) == {(t, z, y + 2, x + 2) for t in range(3) for z, y, x in CENTRES_2D}
-    averaged = run(series_2d, LeaningOracle(), flip_average=True)
-    assert positions(averaged) == {(t, *c) for t in range(3) for c in CENTRES_2D}
+CENTRES_PADDED = [(0, 30, 28), (0, 10, 12), (0, 47, 20), (0, 33, 50)]
 
 
-def test_flip_averaged_detections_mirror_with_the_image(series_2d):
+@pytest.fixture(scope="module")
+def padded_series(tmp_path_factory) -> Path:
+    """64 x 60 frames: a 64-wide tile is reflect-padded by 4 px at its far end in x."""
+    rng = np.random.default_rng(0)
+    frames = [blob_frame((1, 64, 60), CENTRES_PADDED, rng) for _ in range(3)]
+    return write_series(tmp_path_factory.mktemp("padded") / "image.ome.zarr", frames)
+
+
+@pytest.mark.parametrize("fixture, centres", [("series_2d", CENTRES_2D), ("padded_series", CENTRES_PADDED)])
+def test_flip_averaging_cancels_a_directional_bias(request, fixture, centres):
+    series = request.getfixturevalue(fixture)
+    leaning = run(series, LeaningOracle())
+    assert positions(leaning) == {(t, z, y + 2, x + 2) for t in range(3) for z, y, x in centres}
+    averaged = run(series, LeaningOracle(), flip_average=True)
+    assert positions(averaged) == {(t, *c) for t in range(3) for c in centres}
+
+
+def test_flip_averaging_leaves_a_symmetric_network_as_it_was(padded_series):
+    """The Oracle is mirror-symmetric, so averaging its flips, on padded and overlapping tiles,
+    changes no detection and no value (up to rounding; the embedding is scaled to unit length)."""
+    options = {"tile": (1, 32, 32), "overlap": (0, 8, 8)}
+    plain = run(padded_series, Oracle(), **options)
+    averaged = run(padded_series, Oracle(), flip_average=True, **options)
+    assert positions(averaged) == positions(plain) == {(t, *c) for t in range(3) for c in CENTRES_PADDED}
+    values = ["score", "radius", "division_prob", "ridge", "ridge_distance"]
+    np.testing.assert_allclose(averaged[values], plain[values], rtol=1e-5, atol=1e-5)
+    embedding = plain[[f"emb_{k}" for k in range(EMB)]].to_numpy()
+    np.testing.assert_allclose(averaged[[f"emb_{k}" for k in range(EMB)]],
+                               embedding / np.linalg.norm(embedding, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [64, 60])
+def test_flip_averaged_detections_mirror_with_the_image(tmp_path, width):
     """Averaged over the flips, any network (here an untrained, lopsided one) finds the mirrored
-    cells of the mirrored image (channel 0 is channel 1 mirrored in x); a single pass does not."""
+    cells of a mirrored frame that fits one tile (channel 0 is channel 1 mirrored in x), with the
+    same values and unit-length embeddings, padded or not; a single pass does not."""
     model_module = pytest.importorskip("celltrails.detector.model")
+    rng = np.random.default_rng(0)
+    frames = [blob_frame((1, 64, width), CENTRES_PADDED, rng) for _ in range(3)]
+    series = write_series(tmp_path / "image.ome.zarr", frames)
     torch.manual_seed(0)
     model = model_module.CellDetector(model_module.DetectorConfig(spatial_dims=2, base_channels=4, depth=2,
                                                                   embedding_dim=6))
 
     def found(channel: int, flip_average: bool) -> pd.DataFrame:
-        table = run(series_2d, model, channel=channel, threshold=0.01, flip_average=flip_average)
+        table = run(series, model, channel=channel, threshold=0.01, flip_average=flip_average)
         if channel == 0:
-            table = table.assign(x=63 - table["x"])
+            table = table.assign(x=width - 1 - table["x"])
         return table.sort_values(["t", "z", "y", "x"], ignore_index=True)
 
     image, mirror = found(1, True), found(0, True)
     assert len(image) > 10
     pd.testing.assert_frame_equal(image[["t", "z", "y", "x"]], mirror[["t", "z", "y", "x"]])
-    np.testing.assert_allclose(image[["score", "radius"]], mirror[["score", "radius"]], rtol=1e-4, atol=1e-5)
+    values = ["score", "radius", "division_prob", *(f"emb_{k}" for k in range(6))]
+    np.testing.assert_allclose(image[values], mirror[values], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(image[values[3:]], axis=1), 1.0, rtol=1e-5)
     one_pass, one_pass_mirror = found(1, False), found(0, False)
     assert not (len(one_pass) == len(one_pass_mirror)
                 and np.allclose(one_pass[["x", "score"]], one_pass_mirror[["x", "score"]], rtol=1e-4))

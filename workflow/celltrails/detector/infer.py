@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,14 +137,20 @@ def size_multiples(model: torch.nn.Module) -> tuple[int, int, int]:
     return (int(getattr(model, "z_multiple", 1)), int(model.size_multiple), int(model.size_multiple))
 
 
-def tile_batch(frames: tuple[np.ndarray, np.ndarray], grid: TileGrid, indices: Sequence[int]) -> np.ndarray:
-    """(B, 2, *size) float32 model input for the tiles ``indices``, reflect-padded at frame ends."""
+FLIPS = ((), (1,), (2,), (1, 2))  # spatial axes (0 z, 1 y, 2 x) flipped: none, y, x, both
+
+
+def tile_batch(frames: tuple[np.ndarray, np.ndarray], grid: TileGrid, indices: Sequence[int],
+               flip: tuple[int, ...] = ()) -> np.ndarray:
+    """(B, 2, *size) float32 model input for the tiles ``indices``: each tile's frame region, flipped
+    along the spatial axes ``flip`` (0 z, 1 y, 2 x), reflect-padded at its far ends."""
     batch = np.empty((len(indices), 2, *grid.size), dtype=np.float32)
     pad = [(0, s - v) for s, v in zip(grid.size, grid.valid)]
     for b, i in enumerate(indices):
         region = tuple(slice(s, s + v) for s, v in zip(grid.starts[i], grid.valid))
         for c, frame in enumerate(frames):
-            batch[b, c] = np.pad(frame[region], pad, mode="reflect")
+            part = frame[region]
+            batch[b, c] = np.pad(np.flip(part, flip) if flip else part, pad, mode="reflect")
     return batch
 
 
@@ -235,29 +242,41 @@ def inference_layout(model: torch.nn.Module) -> Iterator[None]:
 
 
 OUTPUTS = ("center", "radius", "division", "embedding")
-FLIPS = ((), (-2,), (-1,), (-2, -1))  # none, y, x, both: dims of (B, C, Z, Y, X)
 
 
-def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
-              amp: torch.dtype | None, valid: Sequence[int], flip_average: bool = False
-              ) -> dict[str, torch.Tensor]:
-    """Model outputs for a tile batch, float32 and cropped to the part of the tiles in the frame.
+def run_model(model: torch.nn.Module, batch: Callable[[tuple[int, ...]], np.ndarray],
+              flips: Sequence[tuple[int, ...]], device: torch.device, amp: torch.dtype | None,
+              valid: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Model outputs for one batch of tiles, float32 and cropped to the part of the tiles in the frame.
 
-    ``flip_average``: the mean of the outputs for the tiles as they are and flipped in y, in x and
-    in both (each output flipped back), four passes (logits, radius and embedding alike).
+    ``batch(flip)`` is the input with the tiles flipped along the spatial axes ``flip``
+    (:func:`tile_batch`), run once per entry of ``flips``; each output is flipped back. Several
+    passes are averaged (logits, radius and embedding alike), and the mean embedding is scaled back
+    to unit length, as the network gives it.
     """
-    x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last_3d)
     context = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    flips = FLIPS if flip_average else FLIPS[:1]
-    total: dict[str, torch.Tensor] = {}
-    for dims in flips:
-        with context:
-            out = model(torch.flip(x, dims) if dims else x)
-        for key in OUTPUTS:
-            value = (torch.flip(out[key], dims) if dims else out[key]).float()
-            total[key] = total[key] + value if key in total else value
     crop = (..., *(slice(0, v) for v in valid))
-    return {key: total[key][crop] / len(flips) for key in OUTPUTS}
+    total: dict[str, torch.Tensor] = {}
+    for flip in flips:
+        x = torch.from_numpy(batch(flip)).to(device).contiguous(memory_format=torch.channels_last_3d)
+        with context:
+            out = model(x)
+        for key in OUTPUTS:
+            value = out.pop(key)[crop].float()
+            if flip:
+                value = torch.flip(value, [axis + 2 for axis in flip])
+            elif len(flips) > 1:
+                value = value.clone()  # summed into in place: a head's output may be a view
+            if key in total:
+                total[key] += value
+            else:
+                total[key] = value
+        del out, x
+    if len(flips) == 1:
+        return total
+    mean = {key: value / len(flips) for key, value in total.items()}
+    mean["embedding"] = F.normalize(mean["embedding"], dim=1)
+    return mean
 
 
 # --- peaks --------------------------------------------------------------------------------------------
@@ -500,8 +519,8 @@ class PairRunner:
         for first in range(0, len(self.grid), self.batch_size):
             indices = range(first, min(first + self.batch_size, len(self.grid)))
             with self.timer.phase("model"):
-                out = run_model(self.model, tile_batch(pair, self.grid, indices), self.device, self.amp,
-                                self.grid.valid, self.flip_average)
+                out = run_model(self.model, functools.partial(tile_batch, pair, self.grid, indices),
+                                FLIPS if self.flip_average else FLIPS[:1], self.device, self.amp, self.grid.valid)
             with self.timer.phase("peaks"):
                 if want_peaks:
                     peaks = find_peaks(out, self.grid, indices, self.peaks)
