@@ -200,6 +200,23 @@ def test_a_split_mother_is_merged_once_her_split_daughter_is():
     assert lineage_of(merged(cells)) == {1: (0, 14, -1)}
 
 
+@pytest.mark.parametrize("first_gap, slack, one_cell", [(18.0, 1.25, True), (18.0, 1.0, False), (21.0, 1.25, False)])
+def test_a_frame_too_far_apart_for_a_ridge_continues_the_run_within_the_slack(first_gap, slack, one_cell):
+    """Fluo-N2DH-GOWT1 02: the halves of a large nucleus, whose radii the detector gets short, sit
+    farther apart than the sum of their radii (16 px here) in the first frame, so no ridge is read
+    there, then ridge-joined; within ``slack`` times the sum that frame continues the run."""
+    cells = Lineage()
+    cells.add(1, -1, range(3), 50.0, 50.0)
+    cells.add(2, 1, range(3, 4), 50.0, 50.0 - first_gap / 2, score=0.6)
+    cells.add(3, 1, range(3, 4), 50.0, 50.0 + first_gap / 2)
+    cells.add(2, 1, range(4, 10), 50.0, 46.0, 0.8, 8.0, score=0.6)
+    cells.add(3, 1, range(4, 10), 50.0, 54.0, 0.8, 8.0)
+    tracks, detections = cells.tables()
+    result = merge_split_cells(tracks, detections, VOXEL, 5, 0.2, slack)
+    expected = {1: (0, 9, -1)} if one_cell else {1: (0, 2, -1), 2: (3, 9, 1), 3: (3, 9, 1)}
+    assert lineage_of(result) == expected
+
+
 def test_in_3d_distances_and_the_merged_radius_are_physical():
     # Voxels 2 x 1 x 1: halves 4 slices apart are 8 px apart, inside radii 8 + 8.
     cells = Lineage()
@@ -212,8 +229,9 @@ def test_in_3d_distances_and_the_merged_radius_are_physical():
     assert (late["z"] == 10.0).all() and (late["radius"] == RADIUS + 4.0).all()
 
 
-@pytest.mark.parametrize("values", [{"split_persistence": -1}, {"split_ridge": 1.5}, {"split_ridge": -0.1}])
-def test_lineage_params_refuse_a_negative_persistence_and_a_ridge_outside_0_1(values):
+@pytest.mark.parametrize("values", [{"split_persistence": -1}, {"split_ridge": 1.5}, {"split_ridge": -0.1},
+                                    {"split_slack": 0.9}])
+def test_lineage_params_refuse_a_negative_persistence_a_ridge_outside_0_1_and_a_slack_below_1(values):
     with pytest.raises(ValueError, match="split_persistence"):
         LineageParams(**values)
 

@@ -73,6 +73,8 @@ class LineageParams:
             centre map for at least this many frames is one cell split by the detector and is
             merged back (:mod:`celltrails.split_cells`); 0 switches it off.
         split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
+        split_slack: such sisters up to this factor farther apart than the sum of their radii (no
+            ridge is read that far) continue the run without counting, as a frame filled into a gap.
         min_daughter_frames: a division into a daughter that lives fewer frames (and ends before
             the last frame without dividing) is a false peak beside the cell: the daughter becomes
             a track of its own (removed if shorter than ``min_track_length``), and a mother left
@@ -86,13 +88,14 @@ class LineageParams:
     fill_gaps: bool = True
     split_persistence: int = 5
     split_ridge: float = 0.2
+    split_slack: float = 1.25
     min_daughter_frames: int = 2
 
     def __post_init__(self) -> None:
         if self.max_gap < 0 or self.min_track_length < 1 or self.gap_frame_cost < 0:
             raise ValueError("max_gap >= 0, min_track_length >= 1 and gap_frame_cost >= 0 required")
-        if self.split_persistence < 0 or not 0.0 <= self.split_ridge <= 1.0:
-            raise ValueError("split_persistence >= 0 and split_ridge in [0, 1] required")
+        if self.split_persistence < 0 or not 0.0 <= self.split_ridge <= 1.0 or not self.split_slack >= 1.0:
+            raise ValueError("split_persistence >= 0, split_ridge in [0, 1] and split_slack >= 1 required")
         if self.min_daughter_frames < 1:
             raise ValueError("min_daughter_frames >= 1 required")
 
@@ -225,7 +228,8 @@ def assemble_tracks(detections: pd.DataFrame, edges: pd.DataFrame, link: LinkPar
     gaps = _filled_cells(cells, table, filled, track_id, parent_track)
     tracks = pd.concat([out, gaps], ignore_index=True).sort_values(["track_id", "t"], ignore_index=True)
     # The merge goes first: undoing a split can leave one half as a daughter that vanishes at once.
-    tracks = merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge)
+    tracks = merge_split_cells(tracks, cells, link.voxel_size, lineage.split_persistence, lineage.split_ridge,
+                               lineage.split_slack)
     return detach_short_daughters(tracks, lineage.min_daughter_frames, int(frames.max()), lineage.min_track_length)
 
 
