@@ -55,9 +55,10 @@ class Lineage:
         return tracks, detections
 
 
-def merged(lineage: Lineage, persistence: int = 5, min_ridge: float = 0.2, voxel=VOXEL) -> pd.DataFrame:
+def merged(lineage: Lineage, persistence: int = 5, min_ridge: float = 0.2, voxel=VOXEL, slack: float = 1.25
+           ) -> pd.DataFrame:
     tracks, detections = lineage.tables()
-    return merge_split_cells(tracks, detections, voxel, persistence, min_ridge)
+    return merge_split_cells(tracks, detections, voxel, persistence, min_ridge, slack)
 
 
 def lineage_of(tracks: pd.DataFrame) -> dict[int, tuple[int, int, int]]:
@@ -200,21 +201,39 @@ def test_a_split_mother_is_merged_once_her_split_daughter_is():
     assert lineage_of(merged(cells)) == {1: (0, 14, -1)}
 
 
-@pytest.mark.parametrize("first_gap, slack, one_cell", [(18.0, 1.25, True), (18.0, 1.0, False), (21.0, 1.25, False)])
-def test_a_frame_too_far_apart_for_a_ridge_continues_the_run_within_the_slack(first_gap, slack, one_cell):
+def slack_lineage(gaps: dict[int, float], frames: range = range(3, 9)) -> Lineage:
+    """Mother 1 (frames 0-2), 'daughters' 2 and 3 over ``frames``: 8 px apart and ridge-joined, or
+    ``gaps[t]`` px apart with no ridge read (the radii sum to 16 px)."""
+    cells = Lineage()
+    cells.add(1, -1, range(frames.start), 50.0, 50.0)
+    for t in frames:
+        gap = gaps.get(t, 8.0)
+        ridge, partner = (0.8, 8.0) if t not in gaps else (0.0, np.nan)
+        cells.add(2, 1, range(t, t + 1), 50.0, 50.0 - gap / 2, ridge, partner, score=0.6)
+        cells.add(3, 1, range(t, t + 1), 50.0, 50.0 + gap / 2, ridge, partner)
+    return cells
+
+
+@pytest.mark.parametrize("first_gap, slack, one_cell", [(18.0, 1.25, True), (18.0, 1.0, False),
+                                                        (19.9, 1.25, True), (20.0, 1.25, False), (16.0, 1.25, True)])
+def test_a_first_frame_too_far_apart_for_a_ridge_continues_the_run_in_the_slack(first_gap, slack, one_cell):
     """Fluo-N2DH-GOWT1 02: the halves of a large nucleus, whose radii the detector gets short, sit
     farther apart than the sum of their radii (16 px here) in the first frame, so no ridge is read
-    there, then ridge-joined; within ``slack`` times the sum that frame continues the run."""
-    cells = Lineage()
-    cells.add(1, -1, range(3), 50.0, 50.0)
-    cells.add(2, 1, range(3, 4), 50.0, 50.0 - first_gap / 2, score=0.6)
-    cells.add(3, 1, range(3, 4), 50.0, 50.0 + first_gap / 2)
-    cells.add(2, 1, range(4, 10), 50.0, 46.0, 0.8, 8.0, score=0.6)
-    cells.add(3, 1, range(4, 10), 50.0, 54.0, 0.8, 8.0)
-    tracks, detections = cells.tables()
-    result = merge_split_cells(tracks, detections, VOXEL, 5, 0.2, slack)
-    expected = {1: (0, 9, -1)} if one_cell else {1: (0, 2, -1), 2: (3, 9, 1), 3: (3, 9, 1)}
-    assert lineage_of(result) == expected
+    there, then are ridge-joined in 5 frames; closer than ``slack`` times the sum, that frame
+    continues the run without counting (at exactly the sum, no ridge is read either)."""
+    tracks = merged(slack_lineage({3: first_gap}, range(3, 9)), slack=slack)
+    expected = {1: (0, 8, -1)} if one_cell else {1: (0, 2, -1), 2: (3, 8, 1), 3: (3, 8, 1)}
+    assert lineage_of(tracks) == expected
+
+
+@pytest.mark.parametrize("gaps, persistence, expected", [
+    ({5: 18.0, 8: 18.0}, 5, {1: (0, 10, -1)}),  # single frames apart inside the run
+    ({5: 18.0, 8: 18.0}, 7, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # they do not count
+    ({5: 18.0, 6: 18.0}, 5, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # two in a row end it
+    ({10: 18.0}, 5, {1: (0, 9, -1), 2: (10, 10, 1), 3: (10, 10, 1)}),  # the cell divides where they part
+])
+def test_frames_apart_continue_a_run_only_one_at_a_time_and_never_end_it(gaps, persistence, expected):
+    assert lineage_of(merged(slack_lineage(gaps, range(3, 11)), persistence)) == expected
 
 
 def test_in_3d_distances_and_the_merged_radius_are_physical():
@@ -234,6 +253,7 @@ def test_in_3d_distances_and_the_merged_radius_are_physical():
 def test_lineage_params_refuse_a_negative_persistence_a_ridge_outside_0_1_and_a_slack_below_1(values):
     with pytest.raises(ValueError, match="split_persistence"):
         LineageParams(**values)
+    assert LineageParams(split_slack=1.0).split_slack == 1.0, "1 switches the slack off"
 
 
 def test_a_sister_dividing_within_the_run_is_left_alone():
@@ -250,18 +270,21 @@ def test_off_or_without_ridges_nothing_changes():
     cells = Lineage()
     cells.split(range(3, 9), ridge=0.8)
     tracks, detections = cells.tables()
-    assert merge_split_cells(tracks, detections, VOXEL, 0, 0.2).equals(tracks)
+    assert merge_split_cells(tracks, detections, VOXEL, 0, 0.2, 1.25).equals(tracks)
     for column in ("ridge", "ridge_distance"):
-        assert merge_split_cells(tracks, detections.drop(columns=column), VOXEL, 5, 0.2).equals(tracks)
+        assert merge_split_cells(tracks, detections.drop(columns=column), VOXEL, 5, 0.2, 1.25).equals(tracks)
 
 
-def split_detections(ridge: float) -> pd.DataFrame:
-    """A dividing-looking cell: one peak (frames 0-2), then two peaks 8 px apart (frames 3-9)."""
-    rows = [(t, 50.0, 50.0) for t in range(3)] + [(t, 50.0, x) for t in range(3, 10) for x in (46.0, 54.0)]
+def split_detections(ridge: float, first_gap: float = 8.0) -> pd.DataFrame:
+    """A dividing-looking cell: one peak (frames 0-2), then two peaks 8 px apart (frames 3-9; in
+    frame 3 ``first_gap`` apart, with no ridge read beyond the sum of the radii, 16 px)."""
+    rows = ([(t, 50.0, 50.0) for t in range(3)] + [(3, 50.0, 50.0 + side * first_gap / 2) for side in (-1, 1)]
+            + [(t, 50.0, x) for t in range(4, 10) for x in (46.0, 54.0)])
     det = pd.DataFrame(rows, columns=["t", "y", "x"]).assign(z=0.0, score=0.9, radius=RADIUS)
     det["division_prob"] = np.where(det["t"].isin([2, 3]), 0.9, 0.01)
-    det["ridge"] = np.where(det["t"] >= 3, ridge, 0.0)
-    det["ridge_distance"] = np.where(det["t"] >= 3, 8.0, np.nan)
+    joined = (det["t"] >= 3) & ((det["t"] > 3) | (first_gap < 2 * RADIUS))
+    det["ridge"] = np.where(joined, ridge, 0.0)
+    det["ridge_distance"] = np.where(joined, np.where(det["t"] == 3, first_gap, 8.0), np.nan)
     rng = np.random.default_rng(0)
     det[[f"emb_{k}" for k in range(4)]] = rng.normal(size=(len(det), 4))
     return det
@@ -275,4 +298,14 @@ def test_lineage_merges_split_cells_by_default(ridge, persistence, tracks_expect
     unmerged = assemble_tracks(det, edges, link, LineageParams(split_persistence=0))
     assert unmerged["parent_track_id"].max() > 0, "the linker sees a division"
     tracks = assemble_tracks(det, edges, link, LineageParams(split_persistence=persistence))
+    assert tracks["track_id"].nunique() == tracks_expected
+
+
+@pytest.mark.parametrize("slack, tracks_expected", [(None, 1), (1.0, 3)])
+def test_lineage_passes_its_slack_to_the_merge(slack, tracks_expected):
+    det = split_detections(0.8, first_gap=18.0)  # the first frame of the split beyond the radii's sum
+    link = LinkParams()
+    edges = link_frames(det, 0, 9, link)
+    params = LineageParams() if slack is None else LineageParams(split_slack=slack)
+    tracks = assemble_tracks(det, edges, link, params)
     assert tracks["track_id"].nunique() == tracks_expected

@@ -73,8 +73,9 @@ class LineageParams:
             centre map for at least this many frames is one cell split by the detector and is
             merged back (:mod:`celltrails.split_cells`); 0 switches it off.
         split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
-        split_slack: such sisters up to this factor farther apart than the sum of their radii (no
-            ridge is read that far) continue the run without counting, as a frame filled into a gap.
+        split_slack: a single frame where such sisters are farther apart than the sum of their
+            radii but closer than this factor times it (no ridge is read that far) continues the run
+            without counting, as a frame filled into a gap; 1 switches it off.
         min_daughter_frames: a division into a daughter that lives fewer frames (and ends before
             the last frame without dividing) is a false peak beside the cell: the daughter becomes
             a track of its own (removed if shorter than ``min_track_length``), and a mother left

@@ -9,15 +9,17 @@ daughters separate: measured on the suite's tracks (sessions' notes), the sister
 divisions on Fluo-N2DH-SIM+ 02 and the synthetic heldout3d series were ridge-joined in at most
 their first 3 frames.
 
-Rule: a division whose two daughter tracks, in each of their first ``persistence`` frames, are
-each other's nearest cell, closer than the sum of their radii, and joined by a ridge of at least
-``min_ridge`` (each one's ridge is to the other: its ``ridge_distance`` is their distance) is a
-split cell; a frame where a sister was filled into a gap has no ridge, so it continues such a run
-without counting. So does a frame where the sisters are farther apart than the sum of their radii
-but within ``slack`` times it: the detector reads no ridge between peaks that far apart, and its
-radii of the largest nuclei run short (Fluo-N2DH-GOWT1 02: detected 22 px for a nucleus of 32 px,
-whose halves sat 47 px apart in the first frame of their false division and 38-44 px apart, joined
-by ridges of 0.21-0.46, in the 32 frames after it). Over the whole run of such frames the pair becomes one cell of the mother's
+Rule: a division whose two daughter tracks, from their first frame on, are each other's nearest
+cell, closer than the sum of their radii, and joined by a ridge of at least ``min_ridge`` (each
+one's ridge is to the other: its ``ridge_distance`` is their distance) in ``persistence`` frames of
+an unbroken run is a split cell. Frames with no ridge to read continue such a run without counting:
+a frame where a sister was filled into a gap, and a single frame (never two in a row, and never the
+run's last) where the sisters are farther apart than the sum of their radii but closer than
+``slack`` times it. The detector reads no ridge between peaks that far apart, and its radii of the
+largest nuclei run short: on Fluo-N2DH-GOWT1 02 a nucleus of 32 px was detected at 22 px, and the
+halves of its false division sat 47 px apart in their first frame (radii 22 + 22), then 36-45 px
+apart and ridge-joined (0.21-0.46) in 30 of the next 32 frames and 46-47 px apart in the other two.
+Over the whole run of such frames the pair becomes one cell of the mother's
 track: the stronger detection's ``cell_id``, the midpoint, and a radius reaching over both. After
 the run, two tails stay the mother's daughters (the cell divides when its halves part), one tail
 continues the mother's track. A division whose daughter ends by dividing within the run is left
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 def merge_split_cells(tracks: pd.DataFrame, detections: pd.DataFrame, voxel_size: Sequence[float],
-                      persistence: int, min_ridge: float, slack: float = 1.0) -> pd.DataFrame:
+                      persistence: int, min_ridge: float, slack: float) -> pd.DataFrame:
     """``tracks`` (lineage.TRACK_COLUMNS) with split cells merged (module docstring).
 
     ``detections`` is indexed by ``cell_id`` and has ``score``, ``ridge`` and ``ridge_distance``
@@ -168,13 +170,14 @@ class _Index:
 def _joined_frames(index: _Index, first: int, second: int, min_ridge: float, slack: float
                    ) -> tuple[list[int], int]:
     """Frames, from the sisters' start on, in which the two are one split cell (module docstring),
-    and how many of them show the ridge: a frame where one sister was filled into a gap, or where
-    the two are up to ``slack`` times the sum of their radii apart, has no ridge to read, so it
-    continues the run (positions permitting) without counting."""
+    and how many of them show the ridge: a frame where one sister was filled into a gap, or a single
+    one where the two are farther apart than the sum of their radii but closer than ``slack`` times
+    it, has no ridge to read, so it continues the run (positions permitting) without counting."""
     points = index.points
     by_frame_b = dict(zip(index.t[index.rows[second]], index.rows[second]))
     frames: list[int] = []
     evidence: list[bool] = []
+    apart = False  # the previous frame was one of the run's frames beyond the sum of the radii
     for a in index.rows[first]:
         t = int(index.t[a])
         b = by_frame_b.get(t)
@@ -186,11 +189,20 @@ def _joined_frames(index: _Index, first: int, second: int, min_ridge: float, sla
         if (not distance < slack * overlap  # a NaN radius breaks the run
                 or _nearest(points, frame, a) != b or _nearest(points, frame, b) != a):
             break
-        readable = bool(index.detected[a] and index.detected[b]) and distance < overlap
-        if readable and not all(_ridge_to(index, r, distance, min_ridge) for r in (a, b)):
-            break
+        readable = False
+        if not distance < overlap:
+            if apart:
+                break
+            apart = True
+        else:
+            apart = False
+            readable = bool(index.detected[a] and index.detected[b])
+            if readable and not all(_ridge_to(index, r, distance, min_ridge) for r in (a, b)):
+                break
         frames.append(t)
         evidence.append(readable)
+    if apart:  # the halves part in that frame: the run ends before it
+        frames, evidence = frames[:-1], evidence[:-1]
     return frames, sum(evidence)
 
 
