@@ -201,15 +201,17 @@ def test_a_split_mother_is_merged_once_her_split_daughter_is():
     assert lineage_of(merged(cells)) == {1: (0, 14, -1)}
 
 
-def slack_lineage(gaps: dict[int, float], frames: range = range(3, 9)) -> Lineage:
-    """Mother 1 (frames 0-2), 'daughters' 2 and 3 over ``frames``: 8 px apart and ridge-joined, or
+def slack_lineage(gaps: dict[int, float], frames: range = range(3, 9), weak: tuple[int, ...] = (),
+                  filled: tuple[int, ...] = ()) -> Lineage:
+    """Mother 1 (frames 0-2), 'daughters' 2 and 3 over ``frames``: 8 px apart and ridge-joined (a
+    valley of 0.05 in ``weak`` frames; sister 2 filled into a gap in ``filled`` frames), or
     ``gaps[t]`` px apart with no ridge read (the radii sum to 16 px)."""
     cells = Lineage()
     cells.add(1, -1, range(frames.start), 50.0, 50.0)
     for t in frames:
         gap = gaps.get(t, 8.0)
-        ridge, partner = (0.8, 8.0) if t not in gaps else (0.0, np.nan)
-        cells.add(2, 1, range(t, t + 1), 50.0, 50.0 - gap / 2, ridge, partner, score=0.6)
+        ridge, partner = (0.05 if t in weak else 0.8, 8.0) if t not in gaps else (0.0, np.nan)
+        cells.add(2, 1, range(t, t + 1), 50.0, 50.0 - gap / 2, ridge, partner, score=0.6, filled=filled)
         cells.add(3, 1, range(t, t + 1), 50.0, 50.0 + gap / 2, ridge, partner)
     return cells
 
@@ -226,14 +228,32 @@ def test_a_first_frame_too_far_apart_for_a_ridge_continues_the_run_in_the_slack(
     assert lineage_of(tracks) == expected
 
 
-@pytest.mark.parametrize("gaps, persistence, expected", [
-    ({5: 18.0, 8: 18.0}, 5, {1: (0, 10, -1)}),  # single frames apart inside the run
-    ({5: 18.0, 8: 18.0}, 7, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # they do not count
-    ({5: 18.0, 6: 18.0}, 5, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # two in a row end it
-    ({10: 18.0}, 5, {1: (0, 9, -1), 2: (10, 10, 1), 3: (10, 10, 1)}),  # the cell divides where they part
+DIVIDES_AT_8 = {1: (0, 7, -1), 2: (8, 10, 1), 3: (8, 10, 1)}
+
+
+@pytest.mark.parametrize("gaps, persistence, options, expected", [
+    ({5: 18.0, 8: 18.0}, 5, {}, {1: (0, 10, -1)}),  # single frames apart inside the run
+    ({5: 18.0, 8: 18.0}, 7, {}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # they do not count
+    ({5: 18.0, 6: 18.0}, 5, {}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # two in a row end it
+    ({5: 18.0, 7: 18.0}, 5, {"filled": (6,)}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # a filled
+    # frame between them shows no ridge either
+    ({10: 18.0}, 5, {}, {1: (0, 9, -1), 2: (10, 10, 1), 3: (10, 10, 1)}),  # the series ends on one
+    ({8: 18.0, 9: 24.0}, 5, {}, DIVIDES_AT_8),  # the halves part beyond the slack next
+    ({8: 18.0}, 5, {"weak": (9, 10)}, DIVIDES_AT_8),  # a valley between them next
+    ({8: 18.0}, 5, {"filled": (9,), "weak": (10,)}, DIVIDES_AT_8),  # a filled frame, then a valley
 ])
-def test_frames_apart_continue_a_run_only_one_at_a_time_and_never_end_it(gaps, persistence, expected):
-    assert lineage_of(merged(slack_lineage(gaps, range(3, 11)), persistence)) == expected
+def test_a_frame_apart_continues_a_run_only_when_a_ridge_joins_the_halves_again(gaps, persistence, options,
+                                                                                 expected):
+    """The cell divides where its halves part: a frame beyond the sum of the radii counts only
+    when a frame showing the ridge follows it before another such frame and before the run ends."""
+    assert lineage_of(merged(slack_lineage(gaps, range(3, 11), **options), persistence)) == expected
+
+
+def test_a_frame_apart_needs_the_sisters_to_be_each_others_nearest_cell():
+    cells = slack_lineage({3: 18.0}, range(3, 9))
+    cells.add(4, -1, range(3, 4), 50.0, 58.0)  # between the halves' 41 and 59 px, nearer to each
+    cells.add(4, -1, range(4, 9), 50.0, 120.0)
+    assert lineage_of(merged(cells))[2] == (3, 8, 1), "no run: the division stays"
 
 
 def test_in_3d_distances_and_the_merged_radius_are_physical():

@@ -69,13 +69,15 @@ class LineageParams:
             pays when over ~90% of the short tracks are false; on SIM+/GOWT1 ground-truth
             detections a value of 2 already drops real cells (border slivers, cells that flicker
             in and out of focus). Use 2-3 for noisy detectors when clean lineages matter more.
-        split_persistence: a division whose daughters stay joined by a ridge of the detector's
-            centre map for at least this many frames is one cell split by the detector and is
-            merged back (:mod:`celltrails.split_cells`); 0 switches it off.
+        split_persistence: a division whose daughters are joined by a ridge of the detector's
+            centre map in this many frames of an unbroken run from their first frame on (frames
+            filled into a gap and frames within ``split_slack`` continue it) is one cell split by
+            the detector and is merged back (:mod:`celltrails.split_cells`); 0 switches it off.
         split_ridge: the ridge (detections' ``ridge`` column) that joins two peaks of one cell.
-        split_slack: a single frame where such sisters are farther apart than the sum of their
-            radii but closer than this factor times it (no ridge is read that far) continues the run
-            without counting, as a frame filled into a gap; 1 switches it off.
+        split_slack: a frame where such sisters are farther apart than the sum of their radii but
+            closer than this factor times it (no ridge is read that far) continues the run without
+            counting, as a frame filled into a gap, when a frame showing the ridge follows it
+            before the next such frame and before the run ends; 1 switches it off.
         min_daughter_frames: a division into a daughter that lives fewer frames (and ends before
             the last frame without dividing) is a false peak beside the cell: the daughter becomes
             a track of its own (removed if shorter than ``min_track_length``), and a mother left

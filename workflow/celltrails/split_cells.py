@@ -13,18 +13,19 @@ Rule: a division whose two daughter tracks, from their first frame on, are each 
 cell, closer than the sum of their radii, and joined by a ridge of at least ``min_ridge`` (each
 one's ridge is to the other: its ``ridge_distance`` is their distance) in ``persistence`` frames of
 an unbroken run is a split cell. Frames with no ridge to read continue such a run without counting:
-a frame where a sister was filled into a gap, and a single frame (never two in a row, and never the
-run's last) where the sisters are farther apart than the sum of their radii but closer than
-``slack`` times it. The detector reads no ridge between peaks that far apart, and its radii of the
-largest nuclei run short: on Fluo-N2DH-GOWT1 02 a nucleus of 32 px was detected at 22 px, and the
-halves of its false division sat 47 px apart in their first frame (radii 22 + 22), then 36-45 px
-apart and ridge-joined (0.21-0.46) in 30 of the next 32 frames and 46-47 px apart in the other two.
-Over the whole run of such frames the pair becomes one cell of the mother's
-track: the stronger detection's ``cell_id``, the midpoint, and a radius reaching over both. After
-the run, two tails stay the mother's daughters (the cell divides when its halves part), one tail
-continues the mother's track. A division whose daughter ends by dividing within the run is left
-alone until that division is undone. Merges go in rounds (each merge may make its mother's or
-grandmother's division mergeable), one merge per track and round.
+a frame where a sister was filled into a gap, and a frame where the sisters are farther apart than
+the sum of their radii but closer than ``slack`` times it, provided a frame showing the ridge
+follows it before the next such frame and before the run ends (else the run ends before it). The
+detector reads no ridge between peaks that far apart, and its radii of the largest nuclei run short:
+on Fluo-N2DH-GOWT1 02 a nucleus of 32 px radius was detected at 22 px, and the halves of its false
+division sat 47 px apart in their first frame (radii 22 + 22), then 36-45 px apart and ridge-joined
+(0.21-0.46) in 30 of the next 32 frames and 46-47 px apart in the other two. Over the whole run of
+such frames the pair becomes one cell of the mother's track: the stronger detection's ``cell_id``,
+the midpoint, and a radius reaching over both. After the run, two tails stay the mother's daughters
+(the cell divides when its halves part), one tail continues the mother's track. A division whose
+daughter ends by dividing within the run is left alone until that division is undone. Merges go in
+rounds (each merge may make its mother's or grandmother's division mergeable), one merge per track
+and round.
 
 A detector can also split a cell, or add a false peak beside it, for a single frame: the linker
 makes that a division whose second "daughter" then vanishes. :func:`detach_short_daughters`
@@ -170,14 +171,15 @@ class _Index:
 def _joined_frames(index: _Index, first: int, second: int, min_ridge: float, slack: float
                    ) -> tuple[list[int], int]:
     """Frames, from the sisters' start on, in which the two are one split cell (module docstring),
-    and how many of them show the ridge: a frame where one sister was filled into a gap, or a single
-    one where the two are farther apart than the sum of their radii but closer than ``slack`` times
-    it, has no ridge to read, so it continues the run (positions permitting) without counting."""
+    and how many of them show the ridge: a frame where one sister was filled into a gap, or one where
+    the two are farther apart than the sum of their radii but closer than ``slack`` times it, has no
+    ridge to read, so it continues the run (positions permitting) without counting; the latter only
+    when a frame showing the ridge follows before the next one and before the run ends."""
     points = index.points
     by_frame_b = dict(zip(index.t[index.rows[second]], index.rows[second]))
     frames: list[int] = []
     evidence: list[bool] = []
-    apart = False  # the previous frame was one of the run's frames beyond the sum of the radii
+    apart_at = None  # the run's frame beyond the sum of the radii since the last one showing the ridge
     for a in index.rows[first]:
         t = int(index.t[a])
         b = by_frame_b.get(t)
@@ -191,18 +193,19 @@ def _joined_frames(index: _Index, first: int, second: int, min_ridge: float, sla
             break
         readable = False
         if not distance < overlap:
-            if apart:
+            if apart_at is not None:
                 break
-            apart = True
+            apart_at = len(frames)
         else:
-            apart = False
             readable = bool(index.detected[a] and index.detected[b])
             if readable and not all(_ridge_to(index, r, distance, min_ridge) for r in (a, b)):
                 break
+            if readable:
+                apart_at = None
         frames.append(t)
         evidence.append(readable)
-    if apart:  # the halves part in that frame: the run ends before it
-        frames, evidence = frames[:-1], evidence[:-1]
+    if apart_at is not None:  # no ridge joined the halves again after they parted: the run ends there
+        frames, evidence = frames[:apart_at], evidence[:apart_at]
     return frames, sum(evidence)
 
 
