@@ -187,12 +187,12 @@ def _joined_frames(index: _Index, first: int, second: int, min_ridge: float, sla
             break
         frame = index.frames[t]
         distance = float(np.linalg.norm(points[a] - points[b]))
-        overlap = index.radius[a] + index.radius[b]
-        if (not distance < slack * overlap  # a NaN radius breaks the run
+        radii_sum = index.radius[a] + index.radius[b]
+        if (not distance < slack * radii_sum  # a NaN radius breaks the run
                 or _nearest(points, frame, a) != b or _nearest(points, frame, b) != a):
             break
         readable = False
-        if not distance < overlap:
+        if not distance < radii_sum:
             if apart_at is not None:
                 break
             apart_at = len(frames)
