@@ -39,7 +39,7 @@ def tracked(tmp_path_factory) -> Path:
               "detector": {"train_on": ["tiny"], "frames_per_job": 3, "tile_yx": 64, "overlap_yx": 16, "threshold": 0.3,
                            "training": {"steps": 300, "batch_size": 4, "crop_yx": 64, "base_channels": 8,
                                         "depth": 2, "embedding_dim": 4, "learning_rate": 0.003,
-                                        "gamma": [0.8, 1.25]}},
+                                        "gamma": [0.8, 1.25], "radius_weight": 0.5}},
               "link": {"pairs_per_job": 4},
               "dynaclr": {"train_on": ["tiny"], "patch": {"size": 24},
                           "encoder": {"dims": [8, 16], "depths": [1, 1], "projection_dim": 8},
@@ -70,8 +70,10 @@ def test_outputs_follow_the_interface(tracked):
     napari = pd.read_csv(results / "napari_tracks.csv")
     assert list(napari.columns) == ["track_id", "t", "z", "y", "x", "parent_track_id"]
     assert (tracked / "results" / "models" / "detector" / "loss_curve.png").stat().st_size > 5_000
-    augmentation = load_checkpoint(tracked / "results" / "models" / "detector" / "detector.pt")[1]["training"][
-        "augmentation"]
+    training = load_checkpoint(tracked / "results" / "models" / "detector" / "detector.pt")[1]["training"]
+    augmentation = training["augmentation"]
+    assert training["loss_weights"]["radius"] == 0.5              # set in the config above
+    assert training["loss_weights"]["division"] == 30.0           # the other weights keep their defaults
     assert list(augmentation["gamma"]) == [0.8, 1.25]            # set in the config above
     assert list(augmentation["intensity_scale"]) == [0.75, 1.33]  # the schema's default
     threshold = json.loads((results / "metrics" / "detection_threshold.json").read_text())

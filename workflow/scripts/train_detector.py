@@ -4,6 +4,7 @@
 from pathlib import Path
 
 from celltrails.detector.infer import pick_device
+from celltrails.detector.losses import LossWeights
 from celltrails.detector.model import DetectorConfig
 from celltrails.detector.sampling import Augmentation, TrainingDataset
 from celltrails.detector.train import train_detector
@@ -37,6 +38,7 @@ with script_logging(snakemake.log[0]) as log:
         val_fraction=training["validation_fraction"],
         working_radius=training["working_radius"],
         division_bias=training["division_bias"],
+        loss_weights=LossWeights(radius=training["radius_weight"]),
         ema_window=training["ema_window"],
         augmentation=Augmentation(intensity_scale=training["intensity_scale"], gamma=training["gamma"]),
         logger=log,
