@@ -6,7 +6,9 @@
   down-weighted by (1 - target)^beta near a centre, so a peak one voxel off costs little; the sum
   is divided by the number of centres (per batch).
 * foreground: binary cross-entropy, mean over the masked voxels.
-* radius: L1 (xy pixels) on the foreground voxels of cells with a known radius.
+* radius: L1 (xy pixels) on the foreground voxels of cells with a known radius, weight 0.1
+  (``detector.training.radius_weight``; README, "Radius loss weight": 1.0 taught the Fluo-N2DH-GOWT1
+  recipe nucleus size and cost the SIM+ one divisions).
 * division: weighted BCE, positives weighted ``division_pos_weight`` (default 5: they are rare),
   mean over masked voxels, each channel with its own mask (ch0 frame t, ch1 frame t+1). A weight
   w multiplies the learnt odds by about w, and the linker reads the probability as a likelihood,
