@@ -235,8 +235,8 @@ DIVIDES_AT_8 = {1: (0, 7, -1), 2: (8, 10, 1), 3: (8, 10, 1)}
     ({5: 18.0, 8: 18.0}, 5, {}, {1: (0, 10, -1)}),  # single frames apart inside the run
     ({5: 18.0, 8: 18.0}, 7, {}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # they do not count
     ({5: 18.0, 6: 18.0}, 5, {}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # two in a row end it
-    ({5: 18.0, 7: 18.0}, 5, {"filled": (6,)}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),  # a filled
-    # frame between them shows no ridge either
+    # a filled frame between two such frames shows no ridge either: the second one ends the run
+    ({5: 18.0, 7: 18.0}, 5, {"filled": (6,)}, {1: (0, 2, -1), 2: (3, 10, 1), 3: (3, 10, 1)}),
     ({10: 18.0}, 5, {}, {1: (0, 9, -1), 2: (10, 10, 1), 3: (10, 10, 1)}),  # the series ends on one
     ({8: 18.0, 9: 24.0}, 5, {}, DIVIDES_AT_8),  # the halves part beyond the slack next
     ({8: 18.0}, 5, {"weak": (9, 10)}, DIVIDES_AT_8),  # a valley between them next
